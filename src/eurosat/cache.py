@@ -1,0 +1,121 @@
+"""Decode every image once into a (N, bands, H, W) integer array on disk, memory-mapped by every epoch after.
+
+The cache key covers the file list (relative path, size and modification time of every file), the band
+choice and the cache format, so adding, removing, replacing or touching a file builds a new cache: a cache
+is never silently stale. A cache is complete only once its manifest exists; both files are written to
+temporary names and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from eurosat.errors import UserError
+from eurosat.files import FileList, list_files
+from eurosat.reading import SCALE, parse_bands, read_image
+
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CachedImages:
+    images: np.ndarray  # (N, bands, H, W) memmap of the raw digital numbers
+    labels: np.ndarray  # (N,) int64
+    classes: tuple[str, ...]
+    bands: tuple[int, ...]
+    scale: float  # divide by this, then clip to [0, 1]
+    files: tuple[str, ...]
+    root: Path
+    path: Path  # the .npy file
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EUROSAT_CACHE_DIR") or Path.home() / ".cache" / "eurosat")
+
+
+def cache_key(file_list: FileList, bands: tuple[int, ...]) -> str:
+    digest = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "bands": bands}).encode())
+    for name in file_list.files:
+        stat = (file_list.root / name).stat()
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _replace_atomically(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+
+
+def _build(file_list: FileList, bands: tuple[int, ...], first: np.ndarray, npy: Path, progress: bool) -> None:
+    height, width, band_count = first.shape
+    tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
+    try:
+        array = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=first.dtype, shape=(len(file_list.files), len(bands), height, width)
+        )
+        paths = tqdm(file_list.paths(), desc="prepare cache", unit="img", disable=not progress, file=sys.stderr)
+        for i, path in enumerate(paths):
+            image = first if i == 0 else read_image(path)
+            if image.shape != first.shape or image.dtype != first.dtype:
+                raise UserError(
+                    f"{path} is {image.shape[0]}x{image.shape[1]} with {image.shape[2]} bands ({image.dtype}), "
+                    f"expected {height}x{width} with {band_count} bands ({first.dtype}) like the other images: "
+                    "replace or delete it"
+                )
+            array[i] = image[:, :, bands].transpose(2, 0, 1)
+        array.flush()
+        del array
+        _replace_atomically(tmp, npy)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def prepare(data_dir: Path, bands: str = "rgb", cache_dir: Path | None = None, progress: bool = True) -> CachedImages:
+    """Build the cache for this data and band choice if it does not exist yet, then open it."""
+    file_list = list_files(Path(data_dir))
+    first = read_image(file_list.root / file_list.files[0])
+    band_choice = parse_bands(bands, first.shape[2])
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = cache_key(file_list, band_choice)
+    npy, manifest = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    if not (npy.exists() and manifest.exists()):
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            _build(file_list, band_choice, first, npy, progress)
+            tmp = manifest.with_name(f"{manifest.name}.tmp-{os.getpid()}")
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "format": CACHE_FORMAT,
+                        "root": str(file_list.root),
+                        "classes": file_list.classes,
+                        "bands": band_choice,
+                        "scale": SCALE[file_list.image_format],
+                        "files": file_list.files,
+                        "labels": file_list.labels,
+                    }
+                )
+            )
+            _replace_atomically(tmp, manifest)
+        except OSError as exc:
+            raise UserError(f"cannot write the cache in {cache_dir} ({exc.strerror}): pass --cache-dir PATH") from None
+    meta = json.loads(manifest.read_text())
+    return CachedImages(
+        images=np.load(npy, mmap_mode="r"),
+        labels=np.asarray(meta["labels"], dtype=np.int64),
+        classes=tuple(meta["classes"]),
+        bands=tuple(meta["bands"]),
+        scale=float(meta["scale"]),
+        files=tuple(meta["files"]),
+        root=file_list.root,
+        path=npy,
+    )

@@ -1,0 +1,98 @@
+"""Command-line plumbing shared by both projects: the common flags, sub-commands and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from eurosat.errors import UserError
+
+COMMANDS = ("train", "evaluate", "predict")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line instead of usage plus error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind, minimum, what):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be {what}")
+        return value
+
+    return parse
+
+
+non_negative_int = _number(int, 0, "0 or more")
+positive_int = _number(int, 1, "1 or more")
+positive_float = _number(float, 1e-300, "greater than 0")
+
+
+def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
+    """The parser every project shares; projects add their own flags to the returned sub-parsers."""
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict}")
+    train = commands.add_parser("train", help="train a model (the default command)")
+    train.add_argument("--data", type=Path, default=Path("data/eurosat"), help="EuroSAT folder (default: %(default)s)")
+    train.add_argument("--out", type=Path, default=Path("runs") / project, help="runs are created in here (default: %(default)s)")
+    train.add_argument("--epochs", type=non_negative_int, default=3)
+    train.add_argument("--batch-size", type=positive_int, default=1024, help="global batch size (default: %(default)s)")
+    train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    train.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process")
+    train.add_argument("--model", default="tf_efficientnet_b5", help="timm model name (default: %(default)s)")
+    train.add_argument("--bands", default="rgb", help="rgb (channels 3,2,1), all, or channel numbers like 3,2,1")
+    train.add_argument("--seed", type=int, default=42, help="training seed (default: %(default)s)")
+    train.add_argument("--split-seed", type=int, default=42, help="seed of the stratified split (default: %(default)s)")
+    train.add_argument("--val-fraction", type=float, default=0.2, help="validation share (default: %(default)s)")
+    train.add_argument("--cache-dir", type=Path, help="decoded-array cache (default: $EUROSAT_CACHE_DIR or ~/.cache/eurosat)")
+    train.add_argument("--pretrained", action="store_true", help="ImageNet weights from the model hub (needs internet)")
+    train.add_argument("--weights", type=Path, help="initial weights from a local file (timm/safetensors/torch)")
+    train.add_argument("--resume", type=Path, metavar="RUN", help="continue a run from RUN/last.ckpt (RUN or a .ckpt)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    evaluate = commands.add_parser("evaluate", help="validation loss and accuracy of a checkpoint")
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("--data", type=Path, help="EuroSAT folder (default: the one the run used)")
+    evaluate.add_argument("--cache-dir", type=Path)
+    evaluate.add_argument("--batch-size", type=positive_int, default=256)
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    predict = commands.add_parser("predict", help="class of each image file")
+    predict.add_argument("checkpoint", type=Path)
+    predict.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return parser, {"train": train, "evaluate": evaluate, "predict": predict}
+
+
+def parse_args(parser: ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """`train` is the default command: `train.py --epochs 2` means `train.py train --epochs 2`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "train")
+    return parser.parse_args(argv)
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def run_cli(main, argv=None) -> None:
+    """Run main(argv); bad input becomes one line on stderr and exit status 2."""
+    try:
+        main(argv)
+    except UserError as exc:
+        if is_main_process():
+            print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,45 @@
+"""Evaluation and prediction with any classifier trained on the shared data pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from eurosat.datasets import to_input
+from eurosat.errors import UserError
+from eurosat.reading import read_image
+
+
+@torch.no_grad()
+def evaluate(model, loader, scale: float, device: torch.device, amp_dtype=None) -> torch.Tensor:
+    """Summed loss, correct predictions and sample count over the loader, as one tensor on the device."""
+    model.eval()
+    totals = torch.zeros(3, device=device, dtype=torch.float64)
+    for images, labels in loader:
+        x, y = to_input(images, scale, device), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        totals[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+        totals[1] += (logits.argmax(1) == y).sum()
+        totals[2] += len(y)
+    return totals
+
+
+@torch.no_grad()
+def predict_files(model, files: list[Path], bands, scale: float, classes, device) -> list[tuple[Path, str, float]]:
+    """(file, predicted class, probability) for each image file, read with the training band choice."""
+    model.eval()
+    results = []
+    for path in files:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
+        image = read_image(path)
+        if max(bands) >= image.shape[2]:
+            raise UserError(f"{path} has {image.shape[2]} bands, the model was trained on channels {list(bands)}")
+        x = torch.from_numpy(image[:, :, list(bands)].transpose(2, 0, 1).copy())[None]
+        probs = model(to_input(x, scale, device)).float().softmax(1)[0]
+        label = int(probs.argmax())
+        results.append((Path(path), classes[label], float(probs[label])))
+    return results

@@ -1,0 +1,157 @@
+"""Run directories: runs/<project>/<run-id>/ with config, metrics, checkpoints and provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from eurosat.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def create_run_dir(out_root: Path, name: str) -> Path:
+    """A new, empty run directory under out_root; never reuses an existing one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1000):
+            run_dir = out_root / (f"{stamp}-{name}" + (f"-{attempt}" if attempt else ""))
+            try:
+                run_dir.mkdir()
+            except FileExistsError:
+                continue
+            (run_dir / ".write-test").touch()
+            (run_dir / ".write-test").unlink()
+            return run_dir
+    except OSError as exc:
+        raise UserError(f"cannot write to output directory {out_root} ({exc.strerror}): pass --out PATH to a writable folder") from None
+    raise UserError(f"output directory {out_root} has too many runs named {stamp}-{name}")
+
+
+def resolve_resume(path: Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint) for --resume RUN_DIR or --resume RUN_DIR/last.ckpt."""
+    checkpoint = path / "last.ckpt" if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise UserError(f"--resume {path}: no checkpoint at {checkpoint}")
+    return checkpoint.parent, checkpoint
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """torch.save that never leaves a half-written file behind (temporary file, fsync, rename)."""
+    _write_atomically(Path(path), lambda handle: torch.save(state, handle))
+
+
+def write_json(path: Path, data) -> None:
+    _write_atomically(Path(path), lambda handle: handle.write((json.dumps(data, indent=2, default=str) + "\n").encode()))
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated, corrupt or not a checkpoint
+        raise UserError(f"cannot load checkpoint {path} ({exc.__class__.__name__}): the file is corrupt or not a checkpoint") from None
+
+
+class MetricsLog:
+    """metrics.jsonl (one line per epoch) and the metrics.json summary."""
+
+    def __init__(self, run_dir: Path):
+        self.path, self.summary_path = run_dir / "metrics.jsonl", run_dir / "metrics.json"
+
+    def restart(self, history: list[dict]) -> None:
+        """Rewrite the log from a checkpoint's history, dropping epochs trained after that checkpoint."""
+        _write_atomically(self.path, lambda handle: handle.write("".join(json.dumps(r) + "\n" for r in history).encode()))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def write_summary(self, history: list[dict], **extra) -> None:
+        best = max(history, key=lambda r: r["val_acc"], default=None)
+        write_json(
+            self.summary_path,
+            {"epochs": len(history), "final": history[-1] if history else None, "best": best, **extra},
+        )
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _run(*cmd: str) -> str | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def provenance(seed: int, device: torch.device, world_size: int = 1) -> dict:
+    """A record of exactly what ran: code, lockfile, library versions, hardware, command line."""
+    lockfile = Path(os.environ.get("EUROSAT_LOCKFILE") or REPO_ROOT / "requirements.lock")
+    commit = _run("git", "-C", str(REPO_ROOT), "rev-parse", "HEAD")
+    status = _run("git", "-C", str(REPO_ROOT), "status", "--porcelain") if commit else None
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if device.type == "cuda" else []
+    driver = None
+    if gpus and shutil.which("nvidia-smi"):
+        driver = (_run("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader") or "").splitlines()[0] or None
+    return {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [sys.executable, *sys.argv],
+        "cwd": os.getcwd(),
+        "seed": seed,
+        "git": {"commit": commit, "dirty": bool(status) if commit else None},
+        "lockfile": {"path": str(lockfile), "sha256": _sha256(lockfile)},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "timm": _version("timm"),
+            "pytorch_lightning": _version("pytorch-lightning"),
+            "numpy": _version("numpy"),
+        },
+        "hardware": {
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "device": str(device),
+            "world_size": world_size,
+            "gpus": gpus,
+            "driver": driver,
+        },
+        "container": {
+            "in_container": Path("/.dockerenv").exists(),
+            "image_id": os.environ.get("CONTAINER_IMAGE_ID"),
+        },
+    }
