@@ -1,0 +1,61 @@
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+import eurosat.cache
+from eurosat.cache import prepare
+from eurosat.errors import UserError
+from eurosat.sample import write_sample
+
+
+@pytest.fixture
+def small(tmp_path):
+    data = tmp_path / "eurosat"
+    write_sample(data, fraction=0.001)  # the minimum: 5 images per class
+    return data
+
+
+def test_cache_holds_the_selected_bands_of_every_image(small, tmp_path):
+    cached = prepare(small, "rgb", tmp_path / "cache", progress=False)
+    assert cached.images.shape == (50, 3, 64, 64) and cached.images.dtype == np.uint16
+    assert cached.scale == 4000.0 and cached.bands == (3, 2, 1)
+    for i in (0, 17, 49):
+        original = tifffile.imread(small / cached.files[i])
+        assert np.array_equal(cached.images[i], original[:, :, [3, 2, 1]].transpose(2, 0, 1))
+    assert cached.labels.tolist() == [i // 5 for i in range(50)]
+
+
+def test_cache_is_reused_without_decoding(small, tmp_path, monkeypatch):
+    first = prepare(small, "rgb", tmp_path / "cache", progress=False)
+    stamp = os.stat(first.path).st_mtime_ns
+    decoded = []
+    monkeypatch.setattr(eurosat.cache, "read_image", lambda p: decoded.append(p) or tifffile.imread(p))
+    again = prepare(small, "rgb", tmp_path / "cache", progress=False)
+    assert again.path == first.path and os.stat(again.path).st_mtime_ns == stamp
+    assert len(decoded) <= 1  # only the first file, to learn the band count; no rebuild
+
+
+def test_cache_is_rebuilt_when_the_data_changes(small, tmp_path):
+    first = prepare(small, "rgb", tmp_path / "cache", progress=False)
+    changed = small / first.files[3]
+    image = tifffile.imread(changed)
+    image[:] = 77
+    tifffile.imwrite(changed, image, photometric="minisblack")
+    second = prepare(small, "rgb", tmp_path / "cache", progress=False)
+    assert second.path != first.path and (second.images[3] == 77).all()
+
+    tifffile.imwrite(small / "Forest" / "Forest_99.tif", image, photometric="minisblack")
+    third = prepare(small, "rgb", tmp_path / "cache", progress=False)
+    assert third.path != second.path and len(third.files) == 51
+
+    all_bands = prepare(small, "all", tmp_path / "cache", progress=False)
+    assert all_bands.path != third.path and all_bands.images.shape[1] == 13
+
+
+def test_a_failed_build_leaves_no_cache_behind(small, tmp_path):
+    (small / "River" / "River_2.tif").write_bytes(b"not a tiff")
+    with pytest.raises(UserError, match="River_2.tif"):
+        prepare(small, "rgb", tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
