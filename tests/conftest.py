@@ -29,7 +29,7 @@ def sample_dir(tmp_path_factory) -> Path:
 
 def run(*args, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """A real process, as a user starts it, from the repository root."""
-    result = subprocess.run([str(a) for a in args], cwd=REPO, capture_output=True, text=True, timeout=600, **kwargs)
+    result = subprocess.run([str(a) for a in args], cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result

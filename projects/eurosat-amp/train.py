@@ -77,7 +77,7 @@ def all_reduce(totals: torch.Tensor, proc: Process) -> torch.Tensor:
 def train_one_epoch(model, loader, optimizer, scaler, amp_dtype, scale, proc, desc, profiler=None) -> torch.Tensor:
     model.train()
     totals = torch.zeros(3, device=proc.device, dtype=torch.float64)  # loss sum, correct, samples
-    bar = tqdm(loader, desc=desc, disable=not proc.is_main, leave=False, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(loader, desc=desc, disable=None if proc.is_main else True, leave=False, file=sys.stderr, dynamic_ncols=True)
     for step, (images, labels) in enumerate(bar):
         x, y = to_input(images, scale, proc.device), labels.to(proc.device, non_blocking=True)
         with torch.autocast(proc.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from eurosat.errors import UserError
 # Digital numbers divided by 4000 and clipped to [0, 1], as in the articles; JPEGs are 8-bit.
 SCALE = {"tif": 4000.0, "jpg": 255.0}
 RGB_BANDS = {13: (3, 2, 1), 3: (0, 1, 2)}  # B04, B03, B02 in the multispectral TIFFs
+# tifffile logs damaged structures and returns what it could read; read_image reports them itself, in one line.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -29,8 +32,8 @@ def read_image(path: Path) -> np.ndarray:
         array = array[:, :, None]
     elif array.ndim == 3 and array.shape[0] < array.shape[2]:  # planar (C, H, W) TIFF
         array = array.transpose(1, 2, 0)
-    if array.ndim != 3 or not np.issubdtype(array.dtype, np.integer):
-        raise UserError(f"{path} has shape {array.shape} and dtype {array.dtype}: expected an integer (H, W, bands) image")
+    if array.ndim != 3 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise UserError(f"{path} decodes to shape {array.shape} ({array.dtype}), not an image: the file is corrupt; replace or delete it")
     return array
 
 

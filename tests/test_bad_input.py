@@ -1,0 +1,117 @@
+"""Bad input: one clear line naming the file or flag, a non-zero exit, no traceback, nothing written lost."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import SMALL, run_project
+from eurosat.sample import write_sample
+
+
+def assert_one_clear_line(result, *expected):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "eurosat"
+    write_sample(path, fraction=0.001)
+    return path
+
+
+def train(project, data, out, *extra, **kwargs):
+    return run_project(project, "train", "--data", data, "--out", out, "--epochs", "1", *SMALL, *extra, check=False, **kwargs)
+
+
+@pytest.mark.parametrize("project", ["eurosat-amp", "eurosat-lightning"])
+def test_missing_data_directory(project, tmp_path):
+    result = train(project, tmp_path / "nowhere", tmp_path / "runs")
+    assert_one_clear_line(result, "nowhere", "make data", "make data-sample")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_empty_class_folder(data, tmp_path):
+    shutil.rmtree(data / "Pasture")
+    (data / "Pasture").mkdir()
+    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs"), "Pasture", "holds no images")
+
+
+def test_corrupt_tiff(data, tmp_path):
+    (data / "River" / "River_3.tif").write_bytes(b"II*\x00garbage")
+    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs"), "River_3.tif", "corrupt")
+
+
+def test_wrong_band_count(data, tmp_path):
+    tifffile.imwrite(data / "Forest" / "Forest_2.tif", np.ones((64, 64, 4), np.uint16), photometric="minisblack")
+    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs"), "Forest_2.tif", "4 bands", "expected 64x64 with 13")
+
+
+def test_junk_non_image_file(data, tmp_path):
+    (data / "Highway" / "notes.txt").write_text("todo")
+    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs"), "notes.txt", "not a EuroSAT image")
+
+
+@pytest.mark.parametrize("project", ["eurosat-amp", "eurosat-lightning"])
+def test_unknown_model(project, data, tmp_path):
+    assert_one_clear_line(train(project, data, tmp_path / "runs", "--model", "resnet_nope"), "--model resnet_nope", "unknown")
+
+
+@pytest.mark.parametrize("project", ["eurosat-amp", "eurosat-lightning"])
+def test_negative_epochs(project, data, tmp_path):
+    result = run_project(project, "train", "--data", data, "--epochs", "-1", check=False)
+    assert_one_clear_line(result, "--epochs", "0 or more")
+
+
+def test_bad_band_choice(data, tmp_path):
+    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs", "--bands", "3,2,20"), "--bands", "channel 20")
+
+
+def test_unwritable_output_directory(data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = train("eurosat-amp", data, blocker / "runs")
+    assert_one_clear_line(result, "cannot write to output directory", str(blocker / "runs"))
+    assert blocker.read_text() == "not a directory"
+
+
+def test_read_only_output_directory(data, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders; covered by test_unwritable_output_directory")
+    out = tmp_path / "runs"
+    out.mkdir(mode=0o555)
+    assert_one_clear_line(train("eurosat-amp", data, out), "cannot write to output directory")
+
+
+def test_failed_run_leaves_earlier_runs_untouched(data, tmp_path):
+    earlier = tmp_path / "runs" / "20260101-000000-resnet10t"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (data / "River" / "River_1.tif").write_bytes(b"junk")
+    train("eurosat-amp", data, tmp_path / "runs")
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [earlier.name]
+    assert (earlier / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+@pytest.mark.parametrize("project", ["eurosat-amp", "eurosat-lightning"])
+def test_corrupt_checkpoint(project, tmp_path):
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"PK\x03\x04 truncated")
+    assert_one_clear_line(run_project(project, "evaluate", checkpoint, check=False), str(checkpoint), "corrupt")
+
+
+def test_resume_without_checkpoint(tmp_path):
+    result = run_project("eurosat-amp", "train", "--resume", tmp_path, check=False)
+    assert_one_clear_line(result, "--resume", "no checkpoint")
+
+
+def test_pretrained_offline(data, tmp_path):
+    result = train("eurosat-amp", data, tmp_path / "runs", "--pretrained", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert_one_clear_line(result, "--pretrained", "--weights PATH")
