@@ -28,9 +28,21 @@ def input_hash(path: Path) -> str:
 
 def compile_lock(source: Path, lock: Path) -> None:
     uv = Path(sys.executable).with_name("uv")
-    command = [str(uv), "pip", "compile", str(source), "--universal", "--python-version", "3.11",
-               "--generate-hashes", "--quiet", "--custom-compile-command", f"make lock  # {source} -> {lock}",
-               "-o", str(lock)]
+    command = [
+        str(uv),
+        "pip",
+        "compile",
+        str(source),
+        "--universal",
+        "--python-version",
+        "3.11",
+        "--generate-hashes",
+        "--quiet",
+        "--custom-compile-command",
+        f"make lock  # {source} -> {lock}",
+        "-o",
+        str(lock),
+    ]
     subprocess.run(command, check=True)
     lock.write_text(f"# input sha256: {input_hash(source)}\n" + lock.read_text())
 

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import SMALL, run_project
+
 from eurosat.sample import write_sample
 
 

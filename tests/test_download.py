@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import run
+
 from eurosat.files import list_files
 
 NESTED = "ds/images/remote_sensing/otherDatasets/sentinel_2/tif"
@@ -57,8 +57,20 @@ def mirror():
 
 
 def download(tmp_path, url, md5, check=True):
-    return run(sys.executable, "-m", "eurosat.download", "--url", url, "--md5", md5,
-               "--out", tmp_path / "eurosat", "--downloads", tmp_path / "downloads", check=check)
+    return run(
+        sys.executable,
+        "-m",
+        "eurosat.download",
+        "--url",
+        url,
+        "--md5",
+        md5,
+        "--out",
+        tmp_path / "eurosat",
+        "--downloads",
+        tmp_path / "downloads",
+        check=check,
+    )
 
 
 def test_download_checks_md5_and_unpacks(tmp_path, mirror):

@@ -26,7 +26,7 @@ def test_listing_has_sorted_classes_and_every_file(official_listing):
     assert official_listing.classes == tuple(sorted(CLASS_NAMES))
     assert len(official_listing.files) == 27_000
     counts = np.bincount(official_listing.labels)
-    assert dict(zip(official_listing.classes, counts.tolist())) == OFFICIAL_COUNTS
+    assert dict(zip(official_listing.classes, counts.tolist(), strict=True)) == OFFICIAL_COUNTS
     # files are grouped by class in class order, and sorted within a class
     assert official_listing.files[0].startswith("AnnualCrop/")
     assert official_listing.files[-1].startswith("SeaLake/")

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import SMALL, run, run_project, single_run_dir
 
 pytestmark = pytest.mark.slow
@@ -93,14 +92,35 @@ def test_predict_names_a_class_per_file(trained, sample_dir):
     lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
     assert [line[0] for line in lines] == [str(f) for f in files]
     assert all(0 < float(p) <= 1 for _, _, p in lines)
-    correct = sum(f.parent.name == label for f, (_, label, _) in zip(files, lines))
+    correct = sum(f.parent.name == label for f, (_, label, _) in zip(files, lines, strict=True))
     assert correct >= 8  # of 12; chance is about 1
 
 
 def test_torchrun_two_processes_count_every_validation_sample_once(sample_dir, tmp_path):
-    result = run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                 f"projects/{PROJECT}/train.py", "train", "--data", sample_dir, "--out", tmp_path, "--epochs", "1",
-                 "--batch-size", "32", "--model", "resnet10t", "--workers", "0", "--val-fraction", "0.25")
+    result = run(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        f"projects/{PROJECT}/train.py",
+        "train",
+        "--data",
+        sample_dir,
+        "--out",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--model",
+        "resnet10t",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0.25",
+    )
     run_dir = single_run_dir(tmp_path)  # both ranks agreed on one run directory
     (record,) = read_metrics(run_dir)
     assert record["val_samples"] == 135  # odd: a padding sampler would count 136

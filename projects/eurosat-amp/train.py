@@ -1,9 +1,9 @@
 """EuroSAT land-cover classification in pure PyTorch with mixed precision; data-parallel under torchrun.
 
-    python projects/eurosat-amp/train.py train --epochs 3
-    torchrun --nproc_per_node 2 projects/eurosat-amp/train.py train
-    python projects/eurosat-amp/train.py evaluate runs/eurosat-amp/<run>/best.ckpt
-    python projects/eurosat-amp/train.py predict runs/eurosat-amp/<run>/best.ckpt image.tif
+python projects/eurosat-amp/train.py train --epochs 3
+torchrun --nproc_per_node 2 projects/eurosat-amp/train.py train
+python projects/eurosat-amp/train.py evaluate runs/eurosat-amp/<run>/best.ckpt
+python projects/eurosat-amp/train.py predict runs/eurosat-amp/<run>/best.ckpt image.tif
 """
 
 from __future__ import annotations
@@ -133,14 +133,25 @@ def _train(args, proc: Process) -> list[dict]:
         config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     check_model_name(config["model"])
     if proc.is_main:  # decode the images once; the other ranks wait, then open the same cache
-        data = load_splits(Path(config["data"]), config["bands"], config["cache_dir"], config["val_fraction"], config["split_seed"])
+        data = load_splits(
+            Path(config["data"]), config["bands"], config["cache_dir"], config["val_fraction"], config["split_seed"]
+        )
     if proc.world_size > 1:
         dist.barrier()
     if not proc.is_main:
-        data = load_splits(Path(config["data"]), config["bands"], config["cache_dir"], config["val_fraction"], config["split_seed"], progress=False)
+        data = load_splits(
+            Path(config["data"]),
+            config["bands"],
+            config["cache_dir"],
+            config["val_fraction"],
+            config["split_seed"],
+            progress=False,
+        )
 
     seed_everything(config["seed"])
-    core = build_model(config["model"], len(data.classes), len(data.bands), config["pretrained"], config["weights"] and Path(config["weights"]))
+    core = build_model(
+        config["model"], len(data.classes), len(data.bands), config["pretrained"], config["weights"] and Path(config["weights"])
+    )
     core = core.to(proc.device, memory_format=torch.channels_last)
     model = DistributedDataParallel(core) if proc.world_size > 1 else core
     if config.get("compile"):
@@ -173,7 +184,9 @@ def _train(args, proc: Process) -> list[dict]:
         "persistent_workers": config["workers"] > 0,
     }
     # Worker seeds come from the loader's own generator, so the global RNG (and an exact resume) is untouched.
-    train_loader = DataLoader(data.train, sampler=train_sampler, generator=torch.Generator().manual_seed(config["seed"]), **loader_options)
+    train_loader = DataLoader(
+        data.train, sampler=train_sampler, generator=torch.Generator().manual_seed(config["seed"]), **loader_options
+    )
     val_loader = DataLoader(data.val, sampler=ShardSampler(len(data.val), proc.rank, proc.world_size), **loader_options)
 
     metrics = MetricsLog(run_dir)
@@ -183,8 +196,11 @@ def _train(args, proc: Process) -> list[dict]:
         write_json(run_dir / "provenance.json", provenance(config["seed"], proc.device, proc.world_size))
         metrics.restart(history)
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=len(history) + 1)
-        print(f"run {run_dir}: {len(data.train)} train / {len(data.val)} val images, {config['model']} on {proc.device}"
-              f" x{proc.world_size}, precision {amp_dtype or torch.float32}", flush=True)
+        print(
+            f"run {run_dir}: {len(data.train)} train / {len(data.val)} val images, {config['model']} on {proc.device}"
+            f" x{proc.world_size}, precision {amp_dtype or torch.float32}",
+            flush=True,
+        )
 
     best_acc = max((r["val_acc"] for r in history), default=-1.0)
     for epoch in range(len(history), config["epochs"]):
@@ -226,9 +242,12 @@ def _train(args, proc: Process) -> list[dict]:
             metrics.append(record)
             for name in ("loss", "acc", "val_loss", "val_acc", "images_per_s"):
                 writer.add_scalar(name, record[name], epoch + 1)
-            print(f"Epoch {epoch + 1}/{config['epochs']} loss {record['loss']:.4f} acc {record['acc']:.4f} "
-                  f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
-                  f"({record['images_per_s']:.0f} img/s, {record['seconds']:.1f} s)", flush=True)
+            print(
+                f"Epoch {epoch + 1}/{config['epochs']} loss {record['loss']:.4f} acc {record['acc']:.4f} "
+                f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
+                f"({record['images_per_s']:.0f} img/s, {record['seconds']:.1f} s)",
+                flush=True,
+            )
     if proc.is_main:
         writer.close()
         metrics.write_summary(history, run_dir=str(run_dir))
@@ -250,7 +269,9 @@ def evaluate_command(args) -> dict:
     device = resolve_device(args.device)
     model, config = load_trained_model(args.checkpoint, device)
     data_dir = args.data or Path(config["data"])
-    data = load_splits(data_dir, config["bands"], args.cache_dir or config["cache_dir"], config["val_fraction"], config["split_seed"])
+    data = load_splits(
+        data_dir, config["bands"], args.cache_dir or config["cache_dir"], config["val_fraction"], config["split_seed"]
+    )
     loader = DataLoader(data.val, batch_size=args.batch_size)
     loss_sum, correct, seen = evaluate(model, loader, data.scale, device).tolist()
     result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_samples": int(seen)}
@@ -269,10 +290,16 @@ def predict_command(args) -> list:
 
 def main(argv=None):
     parser, commands = build_parser(__doc__, PROJECT)
-    commands["train"].add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                                   help="autocast dtype; auto: bf16 on GPUs that support it, else fp16 with a scaler; fp32 on CPU")
+    commands["train"].add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="autocast dtype; auto: bf16 on GPUs that support it, else fp16 with a scaler; fp32 on CPU",
+    )
     commands["train"].add_argument("--compile", action="store_true", help="torch.compile the model")
-    commands["train"].add_argument("--profile", action="store_true", help="write a torch profiler trace of a few steps to RUN/profile")
+    commands["train"].add_argument(
+        "--profile", action="store_true", help="write a torch profiler trace of a few steps to RUN/profile"
+    )
     args = parse_args(parser, argv)
     return {"train": train, "evaluate": evaluate_command, "predict": predict_command}[args.command](args)
 

@@ -1,9 +1,9 @@
 """EuroSAT land-cover classification with PyTorch Lightning; data-parallel with `--strategy ddp`.
 
-    python projects/eurosat-lightning/train.py train --epochs 3
-    python projects/eurosat-lightning/train.py train --devices 2 --strategy ddp --batch-size 2048
-    python projects/eurosat-lightning/train.py evaluate runs/eurosat-lightning/<run>/best.ckpt
-    python projects/eurosat-lightning/train.py predict runs/eurosat-lightning/<run>/best.ckpt image.tif
+python projects/eurosat-lightning/train.py train --epochs 3
+python projects/eurosat-lightning/train.py train --devices 2 --strategy ddp --batch-size 2048
+python projects/eurosat-lightning/train.py evaluate runs/eurosat-lightning/<run>/best.ckpt
+python projects/eurosat-lightning/train.py predict runs/eurosat-lightning/<run>/best.ckpt image.tif
 """
 
 from __future__ import annotations
@@ -49,13 +49,25 @@ class EuroSATDataModule(pl.LightningDataModule):
 
     def setup(self, stage=None):
         config = self.data_config
-        self.data = load_splits(Path(config["data"]), config["bands"], config["cache_dir"], config["val_fraction"],
-                                config["split_seed"], progress=False)
+        self.data = load_splits(
+            Path(config["data"]),
+            config["bands"],
+            config["cache_dir"],
+            config["val_fraction"],
+            config["split_seed"],
+            progress=False,
+        )
 
     def _loader(self, dataset, sampler):
-        return DataLoader(dataset, sampler=sampler, batch_size=max(1, self.batch_size // self.trainer.world_size),
-                          num_workers=self.workers, persistent_workers=self.workers > 0,
-                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=max(1, self.batch_size // self.trainer.world_size),
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def train_dataloader(self):
         world, rank = self.trainer.world_size, self.trainer.global_rank
@@ -66,8 +78,17 @@ class EuroSATDataModule(pl.LightningDataModule):
 
 
 class EuroSATClassifier(pl.LightningModule):
-    def __init__(self, model_name: str, classes: list, bands: list, scale: float, lr: float, data_config: dict,
-                 pretrained: bool = False, weights: str | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        classes: list,
+        bands: list,
+        scale: float,
+        lr: float,
+        data_config: dict,
+        pretrained: bool = False,
+        weights: str | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model_name, len(classes), len(bands), pretrained, weights and Path(weights))
@@ -149,9 +170,12 @@ class RunRecorder(pl.Callback):
         }
         self.history.append(record)
         self.metrics.append(record)
-        print(f"Epoch {record['epoch']}/{trainer.max_epochs} loss {record['loss']:.4f} acc {record['acc']:.4f} "
-              f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
-              f"({record['images_per_s']:.0f} img/s, {record['seconds']:.1f} s)", flush=True)
+        print(
+            f"Epoch {record['epoch']}/{trainer.max_epochs} loss {record['loss']:.4f} acc {record['acc']:.4f} "
+            f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
+            f"({record['images_per_s']:.0f} img/s, {record['seconds']:.1f} s)",
+            flush=True,
+        )
 
     def on_fit_end(self, trainer, module):
         if trainer.is_global_zero:
@@ -186,8 +210,16 @@ def train(args) -> list[dict]:
     datamodule.setup()
     pl.seed_everything(config["seed"], verbose=False)
     data = datamodule.data
-    module = EuroSATClassifier(config["model"], list(data.classes), list(data.bands), data.scale, config["lr"],
-                               data_config, config["pretrained"], config["weights"])
+    module = EuroSATClassifier(
+        config["model"],
+        list(data.classes),
+        list(data.bands),
+        data.scale,
+        config["lr"],
+        data_config,
+        config["pretrained"],
+        config["weights"],
+    )
 
     run_dir, ckpt_path = run_directory(config)
     precision = config["precision"]
@@ -201,8 +233,9 @@ def train(args) -> list[dict]:
         max_epochs=config["epochs"],
         logger=TensorBoardLogger(str(run_dir), name="", version="tensorboard"),
         callbacks=[
-            ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_last=True,
-                            enable_version_counter=False),
+            ModelCheckpoint(
+                dirpath=run_dir, filename="best", monitor="val_acc", mode="max", save_last=True, enable_version_counter=False
+            ),
             RunRecorder(run_dir),
         ],
         profiler=PROFILERS[config["profiler"]](dirpath=run_dir, filename="profile") if config["profiler"] else None,
@@ -213,12 +246,22 @@ def train(args) -> list[dict]:
         default_root_dir=run_dir,
     )
     if trainer.is_global_zero:
-        write_json(run_dir / "config.json", {**config, "classes": list(data.classes), "bands_resolved": list(data.bands),
-                                             "scale": data.scale, "precision_resolved": precision,
-                                             "world_size": trainer.world_size})
+        write_json(
+            run_dir / "config.json",
+            {
+                **config,
+                "classes": list(data.classes),
+                "bands_resolved": list(data.bands),
+                "scale": data.scale,
+                "precision_resolved": precision,
+                "world_size": trainer.world_size,
+            },
+        )
         write_json(run_dir / "provenance.json", provenance(config["seed"], device, trainer.world_size))
-        print(f"run {run_dir}: {len(data.train)} train / {len(data.val)} val images, {config['model']}, precision {precision}",
-              flush=True)
+        print(
+            f"run {run_dir}: {len(data.train)} train / {len(data.val)} val images, {config['model']}, precision {precision}",
+            flush=True,
+        )
     os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -241,8 +284,12 @@ def evaluate_command(args) -> dict:
     module = load_trained_model(args.checkpoint, device)
     config = dict(module.hparams.data_config)
     data_dir = args.data or Path(config["data"])
-    data = load_splits(data_dir, config["bands"], args.cache_dir or config["cache_dir"], config["val_fraction"], config["split_seed"])
-    loss_sum, correct, seen = evaluate(module.model, DataLoader(data.val, batch_size=args.batch_size), data.scale, device).tolist()
+    data = load_splits(
+        data_dir, config["bands"], args.cache_dir or config["cache_dir"], config["val_fraction"], config["split_seed"]
+    )
+    loss_sum, correct, seen = evaluate(
+        module.model, DataLoader(data.val, batch_size=args.batch_size), data.scale, device
+    ).tolist()
     result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_samples": int(seen)}
     print(f"val_loss {result['val_loss']:.4f} val_acc {result['val_acc']:.4f} on {int(seen)} validation images of {data_dir}")
     return result
@@ -265,11 +312,16 @@ def devices_flag(text: str):
 def main(argv=None):
     parser, commands = build_parser(__doc__, PROJECT)
     train_parser = commands["train"]
-    train_parser.add_argument("--precision", choices=("auto", "32-true", "16-mixed", "bf16-mixed"), default="auto",
-                              help="auto: 16-mixed on GPU, 32-true on CPU (Lightning 2 spells precision=16 as 16-mixed)")
+    train_parser.add_argument(
+        "--precision",
+        choices=("auto", "32-true", "16-mixed", "bf16-mixed"),
+        default="auto",
+        help="auto: 16-mixed on GPU, 32-true on CPU (Lightning 2 spells precision=16 as 16-mixed)",
+    )
     train_parser.add_argument("--devices", type=devices_flag, default=1, help="devices per node: a count or 'auto' (default: 1)")
-    train_parser.add_argument("--strategy", default="auto",
-                              help="auto, ddp (data-parallel; Lightning 2 removed dp), ddp_spawn, ... (default: auto)")
+    train_parser.add_argument(
+        "--strategy", default="auto", help="auto, ddp (data-parallel; Lightning 2 removed dp), ddp_spawn, ... (default: auto)"
+    )
     train_parser.add_argument("--profiler", choices=sorted(PROFILERS), help="write a profiler report into the run directory")
     args = parse_args(parser, argv)
     return {"train": train, "evaluate": evaluate_command, "predict": predict_command}[args.command](args)

@@ -62,7 +62,9 @@ def _build(file_list: FileList, bands: tuple[int, ...], first: np.ndarray, npy: 
         array = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=first.dtype, shape=(len(file_list.files), len(bands), height, width)
         )
-        paths = tqdm(file_list.paths(), desc="prepare cache", unit="img", disable=None if progress else True, file=sys.stderr)  # None: off when not a terminal
+        paths = tqdm(
+            file_list.paths(), desc="prepare cache", unit="img", disable=None if progress else True, file=sys.stderr
+        )  # None: off when not a terminal
         for i, path in enumerate(paths):
             image = first if i == 0 else read_image(path)
             if image.shape != first.shape or image.dtype != first.dtype:

@@ -47,7 +47,9 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     train.add_argument("--epochs", type=non_negative_int, default=3)
     train.add_argument("--batch-size", type=positive_int, default=1024, help="global batch size (default: %(default)s)")
     train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    train.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process")
+    train.add_argument(
+        "--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process"
+    )
     train.add_argument("--model", default="tf_efficientnet_b5", help="timm model name (default: %(default)s)")
     train.add_argument("--bands", default="rgb", help="rgb (channels 3,2,1), all, or channel numbers like 3,2,1")
     train.add_argument("--seed", type=int, default=42, help="training seed (default: %(default)s)")

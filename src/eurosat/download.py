@@ -60,9 +60,10 @@ def fetch(url: str, target: Path, timeout: float = 60) -> None:
             if done and response.status != 206:  # the server ignored the range: start over
                 done = 0
             total = done + int(response.headers.get("Content-Length") or 0)
-            with open(part, "ab" if done else "wb") as out, tqdm(
-                total=total or None, initial=done, unit="B", unit_scale=True, desc=target.name, file=sys.stderr
-            ) as bar:
+            with (
+                open(part, "ab" if done else "wb") as out,
+                tqdm(total=total or None, initial=done, unit="B", unit_scale=True, desc=target.name, file=sys.stderr) as bar,
+            ):
                 while block := response.read(CHUNK):
                     out.write(block)
                     bar.update(len(block))

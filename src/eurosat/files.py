@@ -63,9 +63,7 @@ def list_files(data_dir: Path) -> FileList:
         for path in sorted(p for p in class_dir.iterdir() if _visible(p)):
             image_format = IMAGE_FORMATS.get(path.suffix.lower())
             if image_format is None or not path.is_file():
-                raise UserError(
-                    f"{path} is not a EuroSAT image (.tif or .jpg): move it out of the class folder {class_dir}"
-                )
+                raise UserError(f"{path} is not a EuroSAT image (.tif or .jpg): move it out of the class folder {class_dir}")
             formats.add(image_format)
             images.append(f"{name}/{path.name}")
         if not images:

@@ -33,7 +33,9 @@ def read_image(path: Path) -> np.ndarray:
     elif array.ndim == 3 and array.shape[0] < array.shape[2]:  # planar (C, H, W) TIFF
         array = array.transpose(1, 2, 0)
     if array.ndim != 3 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-        raise UserError(f"{path} decodes to shape {array.shape} ({array.dtype}), not an image: the file is corrupt; replace or delete it")
+        raise UserError(
+            f"{path} decodes to shape {array.shape} ({array.dtype}), not an image: the file is corrupt; replace or delete it"
+        )
     return array
 
 
@@ -51,5 +53,7 @@ def parse_bands(spec: str, band_count: int) -> tuple[int, ...]:
         raise UserError(f"--bands {spec!r}: use rgb, all or comma-separated channel numbers such as 3,2,1") from None
     bad = [b for b in bands if not 0 <= b < band_count]
     if bad:
-        raise UserError(f"--bands {spec}: channel {bad[0]} does not exist, the images have {band_count} bands (0-{band_count - 1})")
+        raise UserError(
+            f"--bands {spec}: channel {bad[0]} does not exist, the images have {band_count} bands (0-{band_count - 1})"
+        )
     return bands

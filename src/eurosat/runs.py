@@ -36,7 +36,9 @@ def create_run_dir(out_root: Path, name: str) -> Path:
             (run_dir / ".write-test").unlink()
             return run_dir
     except OSError as exc:
-        raise UserError(f"cannot write to output directory {out_root} ({exc.strerror}): pass --out PATH to a writable folder") from None
+        raise UserError(
+            f"cannot write to output directory {out_root} ({exc.strerror}): pass --out PATH to a writable folder"
+        ) from None
     raise UserError(f"output directory {out_root} has too many runs named {stamp}-{name}")
 
 
@@ -73,7 +75,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # truncated, corrupt or not a checkpoint
-        raise UserError(f"cannot load checkpoint {path} ({exc.__class__.__name__}): the file is corrupt or not a checkpoint") from None
+        raise UserError(
+            f"cannot load checkpoint {path} ({exc.__class__.__name__}): the file is corrupt or not a checkpoint"
+        ) from None
 
 
 class MetricsLog:

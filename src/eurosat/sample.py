@@ -17,7 +17,7 @@ from eurosat import CLASS_NAMES
 from eurosat.cli import ArgumentParser, run_cli
 from eurosat.errors import UserError
 
-OFFICIAL_COUNTS = dict(zip(CLASS_NAMES, (3000, 3000, 3000, 2500, 2500, 2000, 2500, 3000, 2500, 3000)))
+OFFICIAL_COUNTS = dict(zip(CLASS_NAMES, (3000, 3000, 3000, 2500, 2500, 2000, 2500, 3000, 2500, 3000), strict=True))
 MARKER = ".eurosat-sample"  # marks a folder this module wrote, so it may be replaced later
 BANDS, SIZE = 13, 64
 

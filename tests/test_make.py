@@ -1,0 +1,64 @@
+"""The Makefile as a newcomer uses it."""
+
+import re
+import shutil
+import sys
+
+import pytest
+from conftest import REPO, run
+
+needs_venv = pytest.mark.skipif(not (REPO / ".venv" / ".installed").exists(), reason="make venv has not run here")
+
+
+def test_help_lists_every_target_with_one_line():
+    result = run("make", "help")
+    targets = set(re.findall(r"^\S*?(\S+)\s{2,}\S", re.sub(r"\x1b\[[0-9;]*m", "", result.stdout), re.M))
+    expected = {"help", "venv", "train", "data", "data-sample", "lock", "lock-check", "lint", "test", "clean"}
+    assert expected <= targets, targets
+    assert "eurosat-amp eurosat-lightning" in result.stdout
+
+
+def test_unknown_project_lists_the_valid_ones():
+    result = run("make", "train", "PROJECT=nope", check=False)
+    assert result.returncode != 0
+    assert "unknown PROJECT=nope; valid projects: eurosat-amp eurosat-lightning" in result.stderr
+
+
+@needs_venv
+def test_train_without_data_says_how_to_get_it(tmp_path):
+    result = run("make", "train", f"DATA={tmp_path / 'none'}", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "make data" in result.stderr and "make data-sample" in result.stderr
+
+
+@needs_venv
+def test_make_data_sample_then_train(tmp_path):
+    data = tmp_path / "eurosat"
+    run("make", "data-sample", f"DATA={data}")
+    result = run(
+        "make",
+        "train",
+        "PROJECT=eurosat-lightning",
+        f"DATA={data}",
+        f"ARGS=--epochs 1 --model resnet10t --batch-size 64 --workers 0 --out {tmp_path / 'runs'}",
+    )
+    assert "Epoch 1/1 loss" in result.stdout
+    assert list((tmp_path / "runs").glob("*/last.ckpt"))
+
+
+@needs_venv
+def test_lock_check_passes_on_the_committed_lock():
+    assert "matches" in run("make", "lock-check").stdout
+
+
+def test_lock_check_fails_when_the_input_changes(tmp_path):
+    shutil.copy(REPO / "requirements.lock", tmp_path / "requirements.lock")
+    source = tmp_path / "requirements.in"
+    source.write_text((REPO / "requirements.in").read_text() + "requests\n")
+    result = run(sys.executable, REPO / "scripts" / "lock.py", "check", source, tmp_path / "requirements.lock", check=False)
+    assert result.returncode == 1
+    assert "changed since" in result.stderr and "requests is in" in result.stderr and "make lock" in result.stderr
+
+    source.write_text((REPO / "requirements.in").read_text().replace("torch==2.14.1", "torch==2.13.0"))
+    result = run(sys.executable, REPO / "scripts" / "lock.py", "check", source, tmp_path / "requirements.lock", check=False)
+    assert "pins torch==2.14.1" in result.stderr
