@@ -5,19 +5,21 @@ import sys
 
 import pytest
 import torch
-from conftest import SMALL, run, run_project, single_run_dir
+from conftest import (
+    DDP_ARGS,
+    SMALL,
+    check_evaluate_and_predict,
+    check_resume_equals_uninterrupted,
+    check_two_process_run,
+    read_metrics,
+    run,
+    run_project,
+    single_run_dir,
+)
 
 pytestmark = pytest.mark.slow
 PROJECT = "eurosat-amp"
 EPOCH_KEYS = {"epoch", "loss", "acc", "val_loss", "val_acc", "val_samples", "images_per_s", "seconds"}
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timings(history):
-    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in history]
 
 
 @pytest.fixture(scope="module")
@@ -66,66 +68,17 @@ def test_provenance_records_what_ran(trained):
 
 
 def test_resume_equals_uninterrupted(trained, sample_dir, tmp_path):
-    full_dir, _ = trained
-    run_project(PROJECT, "train", "--data", sample_dir, "--out", tmp_path, "--epochs", "1", *SMALL)
-    half_dir = single_run_dir(tmp_path)
-    result = run_project(PROJECT, "train", "--resume", half_dir, "--epochs", "2", "--workers", "0")
-    assert "Epoch 2/2" in result.stdout and "Epoch 1/2" not in result.stdout  # continued at the next epoch
-    assert without_timings(read_metrics(half_dir)) == without_timings(read_metrics(full_dir))
-    resumed = torch.load(half_dir / "last.ckpt", weights_only=False)["model"]
-    uninterrupted = torch.load(full_dir / "last.ckpt", weights_only=False)["model"]
-    assert resumed.keys() == uninterrupted.keys()
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    check_resume_equals_uninterrupted(PROJECT, trained[0], sample_dir, tmp_path, weights="model")
 
 
-def test_evaluate_reproduces_the_recorded_validation_accuracy(trained, sample_dir):
-    run_dir, _ = trained
-    best = json.loads((run_dir / "metrics.json").read_text())["best"]
-    result = run_project(PROJECT, "evaluate", run_dir / "best.ckpt")
-    assert f"val_acc {best['val_acc']:.4f} on 108 validation images" in result.stdout
-
-
-def test_predict_names_a_class_per_file(trained, sample_dir):
-    run_dir, _ = trained
-    files = [sample_dir / name / f"{name}_{n}.tif" for name in ("Forest", "River", "SeaLake") for n in (1, 2, 3, 4)]
-    result = run_project(PROJECT, "predict", run_dir / "best.ckpt", *files)
-    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
-    assert [line[0] for line in lines] == [str(f) for f in files]
-    assert all(0 < float(p) <= 1 for _, _, p in lines)
-    correct = sum(f.parent.name == label for f, (_, label, _) in zip(files, lines, strict=True))
-    assert correct >= 8  # of 12; chance is about 1
+def test_evaluate_and_predict(trained, sample_dir):
+    check_evaluate_and_predict(PROJECT, trained[0], sample_dir)
 
 
 def test_torchrun_two_processes_count_every_validation_sample_once(sample_dir, tmp_path):
-    result = run(
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        f"projects/{PROJECT}/train.py",
-        "train",
-        "--data",
-        sample_dir,
-        "--out",
-        tmp_path,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--model",
-        "resnet10t",
-        "--workers",
-        "0",
-        "--val-fraction",
-        "0.25",
-    )
-    run_dir = single_run_dir(tmp_path)  # both ranks agreed on one run directory
-    (record,) = read_metrics(run_dir)
-    assert record["val_samples"] == 135  # odd: a padding sampler would count 136
-    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
-    assert result.stdout.count("Epoch 1/1 loss") == 1  # rank 0 prints, rank 1 does not
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = run(*launcher, f"projects/{PROJECT}/train.py", "train", "--data", sample_dir, "--out", tmp_path, *DDP_ARGS)
+    check_two_process_run(result, tmp_path)
 
 
 def test_profile_writes_a_trace(sample_dir, tmp_path):

@@ -24,11 +24,20 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from eurosat.cli import build_parser, parse_args, run_cli
-from eurosat.datasets import ShardSampler, load_splits, to_input
+from eurosat.datasets import ShardSampler, load_configured_splits, to_input
 from eurosat.errors import UserError
-from eurosat.inference import evaluate, predict_files
+from eurosat.inference import evaluate, evaluate_command, predict_command
 from eurosat.models import build_model, check_model_name
-from eurosat.runs import MetricsLog, create_run_dir, load_checkpoint, provenance, resolve_resume, save_checkpoint, write_json
+from eurosat.runs import (
+    MetricsLog,
+    create_run_dir,
+    load_checkpoint,
+    provenance,
+    record_provenance,
+    resolve_resume,
+    save_checkpoint,
+    write_json,
+)
 from eurosat.training import resolve_device, restore_rng_state, rng_state, seed_everything
 
 PROJECT = "eurosat-amp"
@@ -133,20 +142,11 @@ def _train(args, proc: Process) -> list[dict]:
         config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     check_model_name(config["model"])
     if proc.is_main:  # decode the images once; the other ranks wait, then open the same cache
-        data = load_splits(
-            Path(config["data"]), config["bands"], config["cache_dir"], config["val_fraction"], config["split_seed"]
-        )
+        data = load_configured_splits(config)
     if proc.world_size > 1:
         dist.barrier()
     if not proc.is_main:
-        data = load_splits(
-            Path(config["data"]),
-            config["bands"],
-            config["cache_dir"],
-            config["val_fraction"],
-            config["split_seed"],
-            progress=False,
-        )
+        data = load_configured_splits(config, progress=False)
 
     seed_everything(config["seed"])
     core = build_model(
@@ -169,10 +169,6 @@ def _train(args, proc: Process) -> list[dict]:
         history = checkpoint["history"]
     elif proc.is_main:
         run_dir = create_run_dir(Path(config["out"]), config["model"])
-    if proc.world_size > 1:  # every rank writes nothing, but all of them need to agree on the place
-        shared = [str(run_dir) if proc.is_main else None]
-        dist.broadcast_object_list(shared)
-        run_dir = Path(shared[0])
     config.update(classes=list(data.classes), bands_resolved=list(data.bands), scale=data.scale, world_size=proc.world_size)
 
     batch_per_rank = max(1, config["batch_size"] // proc.world_size)
@@ -189,11 +185,10 @@ def _train(args, proc: Process) -> list[dict]:
     )
     val_loader = DataLoader(data.val, sampler=ShardSampler(len(data.val), proc.rank, proc.world_size), **loader_options)
 
-    metrics = MetricsLog(run_dir)
-    writer = None
-    if proc.is_main:
+    if proc.is_main:  # only rank 0 writes into the run directory
         write_json(run_dir / "config.json", config)
-        write_json(run_dir / "provenance.json", provenance(config["seed"], proc.device, proc.world_size))
+        record_provenance(run_dir, provenance(config["seed"], proc.device, proc.world_size))
+        metrics = MetricsLog(run_dir)
         metrics.restart(history)
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=len(history) + 1)
         print(
@@ -265,27 +260,16 @@ def load_trained_model(checkpoint_path: Path, device: torch.device):
     return model.to(device, memory_format=torch.channels_last), config
 
 
-def evaluate_command(args) -> dict:
+def evaluate_checkpoint(args) -> dict:
     device = resolve_device(args.device)
     model, config = load_trained_model(args.checkpoint, device)
-    data_dir = args.data or Path(config["data"])
-    data = load_splits(
-        data_dir, config["bands"], args.cache_dir or config["cache_dir"], config["val_fraction"], config["split_seed"]
-    )
-    loader = DataLoader(data.val, batch_size=args.batch_size)
-    loss_sum, correct, seen = evaluate(model, loader, data.scale, device).tolist()
-    result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_samples": int(seen)}
-    print(f"val_loss {result['val_loss']:.4f} val_acc {result['val_acc']:.4f} on {int(seen)} validation images of {data_dir}")
-    return result
+    return evaluate_command(model, config, args, device)
 
 
-def predict_command(args) -> list:
+def predict_checkpoint(args) -> list:
     device = resolve_device(args.device)
     model, config = load_trained_model(args.checkpoint, device)
-    results = predict_files(model, args.files, config["bands_resolved"], config["scale"], config["classes"], device)
-    for path, label, probability in results:
-        print(f"{path}\t{label}\t{probability:.4f}")
-    return results
+    return predict_command(model, args.files, config["bands_resolved"], config["scale"], config["classes"], device)
 
 
 def main(argv=None):
@@ -301,7 +285,7 @@ def main(argv=None):
         "--profile", action="store_true", help="write a torch profiler trace of a few steps to RUN/profile"
     )
     args = parse_args(parser, argv)
-    return {"train": train, "evaluate": evaluate_command, "predict": predict_command}[args.command](args)
+    return {"train": train, "evaluate": evaluate_checkpoint, "predict": predict_checkpoint}[args.command](args)
 
 
 if __name__ == "__main__":

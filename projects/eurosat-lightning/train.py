@@ -8,6 +8,7 @@ python projects/eurosat-lightning/train.py predict runs/eurosat-lightning/<run>/
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -25,17 +26,25 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from eurosat.cache import prepare
 from eurosat.cli import build_parser, parse_args, run_cli
-from eurosat.datasets import ShardSampler, load_splits, to_input
+from eurosat.datasets import DATA_KEYS, ShardSampler, load_configured_splits, to_input
 from eurosat.errors import UserError
-from eurosat.inference import evaluate, predict_files
+from eurosat.inference import evaluate_command, predict_command
 from eurosat.models import build_model, check_model_name
-from eurosat.runs import MetricsLog, create_run_dir, load_checkpoint, provenance, resolve_resume, save_checkpoint, write_json
+from eurosat.runs import (
+    MetricsLog,
+    create_run_dir,
+    load_checkpoint,
+    provenance,
+    record_provenance,
+    resolve_resume,
+    save_checkpoint,
+    write_json,
+)
 from eurosat.training import resolve_device
 
 PROJECT = "eurosat-lightning"
 RUN_DIR_ENV = "EUROSAT_RUN_DIR"  # hands the run directory to the processes Lightning's DDP launcher starts
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
-DATA_KEYS = ("data", "bands", "cache_dir", "val_fraction", "split_seed")
 
 
 class EuroSATDataModule(pl.LightningDataModule):
@@ -48,15 +57,7 @@ class EuroSATDataModule(pl.LightningDataModule):
         prepare(Path(self.data_config["data"]), self.data_config["bands"], self.data_config["cache_dir"])
 
     def setup(self, stage=None):
-        config = self.data_config
-        self.data = load_splits(
-            Path(config["data"]),
-            config["bands"],
-            config["cache_dir"],
-            config["val_fraction"],
-            config["split_seed"],
-            progress=False,
-        )
+        self.data = load_configured_splits(self.data_config, progress=False)
 
     def _loader(self, dataset, sampler):
         return DataLoader(
@@ -144,7 +145,7 @@ class RunRecorder(pl.Callback):
     def on_train_start(self, trainer, module):
         if trainer.is_global_zero:  # on resume, keep only the epochs the checkpoint holds
             lines = self.metrics.path.read_text().splitlines() if self.metrics.path.exists() else []
-            self.history = [__import__("json").loads(line) for line in lines][: trainer.current_epoch]
+            self.history = [json.loads(line) for line in lines][: trainer.current_epoch]
             self.metrics.restart(self.history)
 
     def on_train_epoch_start(self, trainer, module):
@@ -198,7 +199,7 @@ def train(args) -> list[dict]:
     if args.resume:  # the run's own settings, with the new --epochs, --workers, --device, --devices
         run_dir, _ = resolve_resume(args.resume)
         try:
-            saved = __import__("json").loads((run_dir / "config.json").read_text())
+            saved = json.loads((run_dir / "config.json").read_text())
         except (OSError, ValueError):
             raise UserError(f"--resume {args.resume}: {run_dir / 'config.json'} is missing or unreadable") from None
         config = {**saved, **{key: config[key] for key in ("epochs", "workers", "device", "devices", "resume")}}
@@ -257,7 +258,7 @@ def train(args) -> list[dict]:
                 "world_size": trainer.world_size,
             },
         )
-        write_json(run_dir / "provenance.json", provenance(config["seed"], device, trainer.world_size))
+        record_provenance(run_dir, provenance(config["seed"], device, trainer.world_size))
         print(
             f"run {run_dir}: {len(data.train)} train / {len(data.val)} val images, {config['model']}, precision {precision}",
             flush=True,
@@ -279,30 +280,16 @@ def load_trained_model(checkpoint_path: Path, device: torch.device) -> EuroSATCl
     return module.to(device).eval()
 
 
-def evaluate_command(args) -> dict:
+def evaluate_checkpoint(args) -> dict:
     device = resolve_device(args.device)
     module = load_trained_model(args.checkpoint, device)
-    config = dict(module.hparams.data_config)
-    data_dir = args.data or Path(config["data"])
-    data = load_splits(
-        data_dir, config["bands"], args.cache_dir or config["cache_dir"], config["val_fraction"], config["split_seed"]
-    )
-    loss_sum, correct, seen = evaluate(
-        module.model, DataLoader(data.val, batch_size=args.batch_size), data.scale, device
-    ).tolist()
-    result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_samples": int(seen)}
-    print(f"val_loss {result['val_loss']:.4f} val_acc {result['val_acc']:.4f} on {int(seen)} validation images of {data_dir}")
-    return result
+    return evaluate_command(module.model, dict(module.hparams.data_config), args, device)
 
 
-def predict_command(args) -> list:
+def predict_checkpoint(args) -> list:
     device = resolve_device(args.device)
-    module = load_trained_model(args.checkpoint, device)
-    hparams = module.hparams
-    results = predict_files(module.model, args.files, hparams.bands, hparams.scale, hparams.classes, device)
-    for path, label, probability in results:
-        print(f"{path}\t{label}\t{probability:.4f}")
-    return results
+    hparams = (module := load_trained_model(args.checkpoint, device)).hparams
+    return predict_command(module.model, args.files, hparams.bands, hparams.scale, hparams.classes, device)
 
 
 def devices_flag(text: str):
@@ -324,7 +311,7 @@ def main(argv=None):
     )
     train_parser.add_argument("--profiler", choices=sorted(PROFILERS), help="write a profiler report into the run directory")
     args = parse_args(parser, argv)
-    return {"train": train, "evaluate": evaluate_command, "predict": predict_command}[args.command](args)
+    return {"train": train, "evaluate": evaluate_checkpoint, "predict": predict_checkpoint}[args.command](args)
 
 
 if __name__ == "__main__":

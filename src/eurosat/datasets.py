@@ -62,6 +62,16 @@ class EuroSATSplits:
     root: Path
 
 
+DATA_KEYS = ("data", "bands", "cache_dir", "val_fraction", "split_seed")  # the settings that pick the data
+
+
+def load_configured_splits(config: dict, progress: bool = True) -> EuroSATSplits:
+    """load_splits with the DATA_KEYS of a run's config."""
+    return load_splits(
+        Path(config["data"]), config["bands"], config["cache_dir"], config["val_fraction"], config["split_seed"], progress
+    )
+
+
 def load_splits(
     data_dir: Path, bands: str, cache_dir: Path | None, val_fraction: float, seed: int, progress: bool = True
 ) -> EuroSATSplits:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from eurosat.datasets import to_input
+from eurosat.datasets import load_configured_splits, to_input
 from eurosat.errors import UserError
 from eurosat.reading import read_image
 
@@ -42,4 +43,25 @@ def predict_files(model, files: list[Path], bands, scale: float, classes, device
         probs = model(to_input(x, scale, device)).float().softmax(1)[0]
         label = int(probs.argmax())
         results.append((Path(path), classes[label], float(probs[label])))
+    return results
+
+
+def evaluate_command(model, data_config: dict, args, device) -> dict:
+    """The `evaluate` sub-command: the run's validation split, or the same split of another --data folder."""
+    config = {**data_config, "data": args.data or data_config["data"], "cache_dir": args.cache_dir or data_config["cache_dir"]}
+    data = load_configured_splits(config)
+    loader = DataLoader(data.val, batch_size=args.batch_size)
+    loss_sum, correct, seen = evaluate(model, loader, data.scale, device).tolist()
+    result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_samples": int(seen)}
+    print(
+        f"val_loss {result['val_loss']:.4f} val_acc {result['val_acc']:.4f} on {int(seen)} validation images of {config['data']}"
+    )
+    return result
+
+
+def predict_command(model, files, bands, scale: float, classes, device) -> list:
+    """The `predict` sub-command: one `file<TAB>class<TAB>probability` line per file."""
+    results = predict_files(model, files, bands, scale, classes, device)
+    for path, label, probability in results:
+        print(f"{path}\t{label}\t{probability:.4f}")
     return results

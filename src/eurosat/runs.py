@@ -102,6 +102,15 @@ class MetricsLog:
         )
 
 
+def record_provenance(run_dir: Path, record: dict) -> None:
+    """provenance.json describes the process that started the run; each resume is appended under `resumes`."""
+    path = run_dir / "provenance.json"
+    if path.exists():
+        original = json.loads(path.read_text())
+        record = {**original, "resumes": [*original.get("resumes", []), record]}
+    write_json(path, record)
+
+
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
