@@ -13,14 +13,47 @@ DATA ?= data/eurosat
 VARIANT ?= ms
 -include .env
 export EUROSAT_CACHE_DIR
-# Images in build order, each built FROM the one before it (Dockerfiles live in images/<name>/).
+
+# --- images ---------------------------------------------------------------------------------------
+include images/versions.env
+# Images in build order (Dockerfiles in images/<name>/); lightning and jupyter are built FROM their parent.
 IMAGES := cuda-base torch-ngc lightning jupyter
+PARENT_lightning := torch-ngc
+PARENT_jupyter := lightning
+DOCKER ?= docker
+IMAGE_PREFIX ?= eurosat/
+REGISTRY ?=
+# A CA bundle for pip inside builds, for networks that intercept TLS (a build secret: never in a layer).
+PIP_CA ?=
+comma := ,
+CUDA_BASE ?= $(CUDA_IMAGE)
+NGC_BASE ?= $(NGC_IMAGE)
+BASE_cuda-base = $(CUDA_BASE)
+BASE_torch-ngc = $(NGC_BASE)
+BASE_lightning = $(IMAGE_PREFIX)torch-ngc:latest
+BASE_jupyter = $(IMAGE_PREFIX)lightning:latest
+# The image each project trains in.
+IMAGE_FOR_eurosat-amp := torch-ngc
+IMAGE_FOR_eurosat-lightning := lightning
+GIT_SHA := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
+# The container user gets the host user's ids, so files written into runs/ stay the host user's.
+HOST_UID := $(shell id -u)
+HOST_GID := $(shell id -g)
+IMAGE_UID := $(if $(filter 0,$(HOST_UID)),1000,$(HOST_UID))
+IMAGE_GID := $(if $(filter 0,$(HOST_UID)),1000,$(HOST_GID))
+
+# --- containers -----------------------------------------------------------------------------------
+COMPOSE ?= $(if $(shell $(DOCKER) compose version 2>/dev/null),$(DOCKER) compose,$(VENV)/bin/docker-compose)
+RUNNER ?= $(if $(shell $(DOCKER) info --format '{{.ServerVersion}}' 2>/dev/null),docker,local)
+GPUS ?=
+CACHE_DIR ?= .cache/eurosat
 
 PROJECTS := $(sort $(patsubst projects/%/train.py,%,$(wildcard projects/*/train.py)))
 VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
-.PHONY: help venv train data data-sample lock lock-check lint test clean check-project
+.PHONY: help venv train train-local train-docker data data-sample lock lock-check lint test test-images clean \
+	check-project check-docker images image-ngc lock-images pin push shell notebook down
 
 help: ## list the targets
 	@echo "EuroSAT deep-learning monorepo. Projects: $(PROJECTS)"
@@ -39,8 +72,16 @@ check-project:
 	@if [[ ! -f projects/$(PROJECT)/train.py ]]; then \
 		echo "error: unknown PROJECT=$(PROJECT); valid projects: $(PROJECTS)" >&2; exit 2; fi
 
-train: check-project $(VENV_STAMP) ## train PROJECT (default eurosat-amp) on DATA, extra flags in ARGS="..."
+train: check-project ## train PROJECT on DATA with ARGS="..." [RUNNER=docker|local] [GPUS=N]
+	@$(MAKE) train-$(RUNNER)
+
+train-local: check-project $(VENV_STAMP)
 	$(VENV_PY) projects/$(PROJECT)/train.py train --data $(DATA) $(ARGS)
+
+train-docker: check-project check-docker
+	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest >/dev/null 2>&1 || $(MAKE) image-$(IMAGE_FOR_$(PROJECT))
+	@$(call compose_env) scripts/compose.sh run --rm train \
+		$(if $(GPUS),torchrun --standalone --nproc_per_node $(GPUS),python3) projects/$(PROJECT)/train.py train --data /data $(ARGS)
 
 data: $(VENV_STAMP) ## download EuroSAT into DATA (VARIANT=ms: 13-band TIFF, 2 GB; VARIANT=rgb: JPEG)
 	$(VENV_PY) -m eurosat.download --variant $(VARIANT) --out $(DATA)
@@ -57,9 +98,67 @@ lock-check: $(VENV_STAMP) ## fail when requirements.lock no longer matches requi
 lint: $(VENV_STAMP) ## pre-commit on every file: ruff, hadolint, shellcheck, hygiene
 	PATH="$(abspath $(VENV))/bin:$$PATH" pre-commit run --all-files --show-diff-on-failure
 
-test: $(VENV_STAMP) ## run the test suite (CPU, offline)
-	$(VENV_PY) -m pytest
+test: $(VENV_STAMP) ## run the test suite (CPU, offline; the image tests are make test-images)
+	$(VENV_PY) -m pytest --ignore=tests/images
+
+check-docker:
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "error: no Docker engine answers ('$(DOCKER) info' failed): start Docker, or train with RUNNER=local" >&2; exit 2; }
+
+image-ngc: image-torch-ngc ## build torch-ngc: NGC PyTorch + training dependencies
+
+images: $(addprefix image-,$(IMAGES)) ## build every image, in order
+
+image-%: check-docker ## build one image (cuda-base, torch-ngc, lightning, jupyter); a missing parent is built first
+	@if [[ ! -f images/$*/Dockerfile ]]; then echo "error: no image '$*'; images: $(IMAGES)" >&2; exit 2; fi
+	@if [[ -n "$(PARENT_$*)" ]] && ! $(DOCKER) image inspect $(BASE_$*) >/dev/null 2>&1; then $(MAKE) image-$(PARENT_$*); fi
+	DOCKER_BUILDKIT=1 $(DOCKER) build --file images/$*/Dockerfile \
+		--build-arg BASE_IMAGE=$(BASE_$*) --build-arg UID=$(IMAGE_UID) --build-arg GID=$(IMAGE_GID) \
+		$(if $(PIP_CA),--secret id=pip-ca$(comma)src=$(PIP_CA)) \
+		--label org.opencontainers.image.title=$* \
+		--label org.opencontainers.image.source="$$(git remote get-url origin 2>/dev/null || echo $(CURDIR))" \
+		--label org.opencontainers.image.revision="$$(git rev-parse HEAD 2>/dev/null)" \
+		--label org.opencontainers.image.created="$$(git log -1 --format=%cI 2>/dev/null)" \
+		--label org.opencontainers.image.base.name=$(BASE_$*) \
+		--label org.opencontainers.image.base.digest="$$(scripts/image-digest.sh $(BASE_$*))" \
+		--label io.github.eurosat.lock.sha256="$$(sha256sum images/$*/requirements.lock | cut -d' ' -f1)" \
+		--tag $(IMAGE_PREFIX)$*:$(GIT_SHA) --tag $(IMAGE_PREFIX)$*:latest images
+
+lock-images: $(VENV_STAMP) check-docker ## regenerate each image layer's hashed lock (NGC layers against NGC_BASE's constraints)
+	@$(DOCKER) image inspect $(NGC_BASE) >/dev/null 2>&1 || $(DOCKER) pull $(NGC_BASE)
+	DOCKER=$(DOCKER) NGC_BASE=$(NGC_BASE) scripts/lock-images.sh
+
+pin: check-docker ## re-resolve the base image tags in images/versions.env to digests (needs the registries)
+	DOCKER=$(DOCKER) scripts/pin.sh images/versions.env
+
+push: check-docker ## push every image tag to REGISTRY=host/namespace
+	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, e.g. make push REGISTRY=ghcr.io/you" >&2; exit 2; fi
+	@for image in $(IMAGES); do for tag in $(GIT_SHA) latest; do \
+		$(DOCKER) tag $(IMAGE_PREFIX)$$image:$$tag $(REGISTRY)/$$image:$$tag && $(DOCKER) push $(REGISTRY)/$$image:$$tag; done; done
+
+shell: check-docker ## open a shell in IMAGE (default jupyter) with the repository mounted
+	$(DOCKER) run --rm -it --user $(HOST_UID):$(HOST_GID) -v $(CURDIR):/workspace -w /workspace \
+		$(IMAGE_PREFIX)$(or $(IMAGE),jupyter):latest bash
+
+notebook: check-docker ## start Jupyter and TensorBoard (detached) and print the URL with the token
+	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
+	@$(call compose_env) scripts/notebook.sh
+
+down: ## stop every container of this repository's compose project
+	@$(call compose_env) scripts/compose.sh down --remove-orphans
+
+test-images: $(VENV_STAMP) check-docker ## image, compose and notebook tests against the Docker engine
+	$(VENV_PY) -m pytest tests/images -p no:cacheprovider
 
 clean: ## remove .venv and Python caches (data/ and runs/ are kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Settings every compose call gets: paths on the host, ids of the host user, images, the GPU override.
+define compose_env
+mkdir -p runs notebooks data $(CACHE_DIR) && \
+REPO_DIR=$(CURDIR) DATA_DIR=$(abspath $(DATA)) CACHE_DIR=$(abspath $(CACHE_DIR)) HOST_UID=$(HOST_UID) HOST_GID=$(HOST_GID) \
+TRAIN_IMAGE=$(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest JUPYTER_IMAGE=$(IMAGE_PREFIX)jupyter:latest \
+CONTAINER_IMAGE_ID="$$($(DOCKER) image inspect -f '{{.Id}}' $(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest 2>/dev/null)" \
+EUROSAT_GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null)" EUROSAT_GIT_DIRTY="$$(git status --porcelain 2>/dev/null | head -c1)" \
+DOCKER="$(DOCKER)" COMPOSE="$(COMPOSE)"
+endef

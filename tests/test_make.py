@@ -26,7 +26,7 @@ def test_unknown_project_lists_the_valid_ones():
 
 @needs_venv
 def test_train_without_data_says_how_to_get_it(tmp_path):
-    result = run("make", "train", f"DATA={tmp_path / 'none'}", check=False)
+    result = run("make", "train", "RUNNER=local", f"DATA={tmp_path / 'none'}", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "make data" in result.stderr and "make data-sample" in result.stderr
 
@@ -38,6 +38,7 @@ def test_make_data_sample_then_train(tmp_path):
     result = run(
         "make",
         "train",
+        "RUNNER=local",
         "PROJECT=eurosat-lightning",
         f"DATA={data}",
         f"ARGS=--epochs 1 --model resnet10t --batch-size 64 --workers 0 --out {tmp_path / 'runs'}",

@@ -133,7 +133,11 @@ def provenance(seed: int, device: torch.device, world_size: int = 1) -> dict:
     """A record of exactly what ran: code, lockfile, library versions, hardware, command line."""
     lockfile = Path(os.environ.get("EUROSAT_LOCKFILE") or REPO_ROOT / "requirements.lock")
     commit = _run("git", "-C", str(REPO_ROOT), "rev-parse", "HEAD")
-    status = _run("git", "-C", str(REPO_ROOT), "status", "--porcelain") if commit else None
+    if commit:
+        dirty = bool(_run("git", "-C", str(REPO_ROOT), "status", "--porcelain"))
+    else:  # in a container without git (or without the .git folder) make passes what the host's git said
+        commit = os.environ.get("EUROSAT_GIT_COMMIT") or None
+        dirty = bool(os.environ.get("EUROSAT_GIT_DIRTY")) if commit else None
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if device.type == "cuda" else []
     driver = None
     if gpus and shutil.which("nvidia-smi"):
@@ -143,7 +147,7 @@ def provenance(seed: int, device: torch.device, world_size: int = 1) -> dict:
         "command": [sys.executable, *sys.argv],
         "cwd": os.getcwd(),
         "seed": seed,
-        "git": {"commit": commit, "dirty": bool(status) if commit else None},
+        "git": {"commit": commit, "dirty": dirty},
         "lockfile": {"path": str(lockfile), "sha256": _sha256(lockfile)},
         "versions": {
             "python": platform.python_version(),
