@@ -53,12 +53,12 @@ VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
 .PHONY: help venv train train-local train-docker data data-sample lock lock-check lint test test-images clean \
-	check-project check-docker images image-ngc lock-images pin push shell notebook down
+	check-project check-docker images image-ngc lock-images pin push shell notebook execute down
 
 help: ## list the targets
 	@echo "EuroSAT deep-learning monorepo. Projects: $(PROJECTS)"
 	@echo
-	@grep -E '^[a-zA-Z0-9_%/-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "\033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_%/-]+:.*?## .*$$' $(firstword $(MAKEFILE_LIST)) | awk 'BEGIN {FS = ":.*?## "}; {printf "\033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -143,11 +143,16 @@ notebook: check-docker ## start Jupyter and TensorBoard (detached) and print the
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
 	@$(call compose_env) scripts/notebook.sh
 
+execute: check-docker ## run NOTEBOOK=notebooks/<name>.ipynb top to bottom in the jupyter image (fails on an error)
+	@if [[ ! -f "$(NOTEBOOK)" ]]; then echo "error: NOTEBOOK=$(NOTEBOOK) is not a file; e.g. NOTEBOOK=notebooks/train-eurosat-amp.ipynb" >&2; exit 2; fi
+	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
+	@$(call compose_env) scripts/compose.sh run --rm --no-deps notebook jupyter execute $(NOTEBOOK)
+
 down: ## stop every container of this repository's compose project
 	@$(call compose_env) scripts/compose.sh down --remove-orphans
 
 test-images: $(VENV_STAMP) check-docker ## image, compose and notebook tests against the Docker engine
-	$(VENV_PY) -m pytest tests/images -p no:cacheprovider
+	$(VENV_PY) -m pytest tests/images -s
 
 clean: ## remove .venv and Python caches (data/ and runs/ are kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

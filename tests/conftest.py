@@ -24,6 +24,14 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def built_images() -> dict:
+    """Every image built by make on stand-in bases (tests/images only; needs a Docker engine)."""
+    from engine import build_all
+
+    return build_all()
+
+
+@pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """540 synthetic 13-band TIFFs in the official layout (2% of the official class sizes)."""
     path = tmp_path_factory.mktemp("sample") / "eurosat"

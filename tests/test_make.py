@@ -13,7 +13,29 @@ needs_venv = pytest.mark.skipif(not (REPO / ".venv" / ".installed").exists(), re
 def test_help_lists_every_target_with_one_line():
     result = run("make", "help")
     targets = set(re.findall(r"^\S*?(\S+)\s{2,}\S", re.sub(r"\x1b\[[0-9;]*m", "", result.stdout), re.M))
-    expected = {"help", "venv", "train", "data", "data-sample", "lock", "lock-check", "lint", "test", "clean"}
+    expected = {
+        "help",
+        "venv",
+        "train",
+        "data",
+        "data-sample",
+        "lock",
+        "lock-check",
+        "lint",
+        "test",
+        "clean",
+        "test-images",
+        "images",
+        "image-%",
+        "image-ngc",
+        "lock-images",
+        "pin",
+        "push",
+        "shell",
+        "notebook",
+        "execute",
+        "down",
+    }
     assert expected <= targets, targets
     assert "eurosat-amp eurosat-lightning" in result.stdout
 

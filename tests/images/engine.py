@@ -1,0 +1,53 @@
+"""Helpers for the tests against a real Docker engine (make test-images)."""
+
+import os
+import subprocess
+import time
+
+from conftest import REPO
+
+DOCKER = os.environ.get("DOCKER", "docker")
+IMAGES = ("cuda-base", "torch-ngc", "lightning", "jupyter")
+STANDIN_CUDA = "eurosat/standin-cuda:bookworm"
+STANDIN_NGC = "eurosat/standin-ngc:bookworm"
+
+
+def make_settings() -> list[str]:
+    """make variables for this machine: the stand-in bases (no registry here) and the engine's limits."""
+    settings = [f"DOCKER={DOCKER}", f"CUDA_BASE={STANDIN_CUDA}", f"NGC_BASE={STANDIN_NGC}"]
+    for name in ("PIP_CA", "MEMLOCK_LIMIT"):
+        if os.environ.get(name):
+            settings.append(f"{name}={os.environ[name]}")
+    return settings
+
+
+def make(*args, check=True, timeout=1800, env=None) -> subprocess.CompletedProcess:
+    result = subprocess.run(["make", *args, *make_settings()], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"make {' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def docker(*args, check=True, timeout=600) -> subprocess.CompletedProcess:
+    result = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}\n{result.stderr[-3000:]}")
+    return result
+
+
+def image_id(name: str) -> str:
+    return docker("image", "inspect", "--format", "{{.Id}}", f"eurosat/{name}:latest").stdout.strip()
+
+
+def build_all() -> dict:
+    """Stand-in root bases (no registry here), then every image through `make images`, timed."""
+    if subprocess.run([DOCKER, "info"], capture_output=True).returncode != 0:
+        raise AssertionError(f"no Docker engine answers '{DOCKER} info': start dockerd (see .ci/run)")
+    subprocess.run(["bash", "scripts/standin-bases.sh"], cwd=REPO, check=True, env={**os.environ, "DOCKER": DOCKER})
+    start = time.perf_counter()
+    make("images")
+    seconds = time.perf_counter() - start
+    print(f"\nmake images: {seconds:.0f} s")
+    return {"seconds": seconds, "ids": {name: image_id(name) for name in IMAGES}}

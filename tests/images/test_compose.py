@@ -1,0 +1,146 @@
+"""make notebook / down, compose validation, layer caching and bad input, against the real engine."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import REPO
+from engine import DOCKER, docker, image_id, make
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.fixture
+def dotenv():
+    """A private .env for the test (free ports, no token yet); the developer's own .env comes back after."""
+    saved = REPO / ".env.saved-by-tests"
+    if (REPO / ".env").exists():
+        shutil.move(REPO / ".env", saved)
+    ports = {"JUPYTER_PORT": free_port(), "TENSORBOARD_PORT": free_port()}
+    text = (REPO / ".env.example").read_text()
+    for key, port in ports.items():
+        text = re.sub(rf"^{key}=.*$", f"{key}={port}", text, flags=re.M)
+    (REPO / ".env").write_text(text)
+    yield ports
+    make("down", check=False)
+    (REPO / ".env").unlink(missing_ok=True)
+    if saved.exists():
+        shutil.move(saved, REPO / ".env")
+
+
+def running_containers() -> list[str]:
+    return docker("ps", "--quiet", "--filter", "label=com.docker.compose.project=eurosat").stdout.split()
+
+
+def test_make_notebook_serves_jupyter_with_a_token_and_tensorboard(built_images, dotenv):
+    result = make("notebook")
+    token = re.search(r"^JUPYTER_TOKEN=([0-9a-f]{48})$", (REPO / ".env").read_text(), re.M).group(1)
+    assert oct((REPO / ".env").stat().st_mode & 0o777) == "0o600"
+    url = f"http://127.0.0.1:{dotenv['JUPYTER_PORT']}/lab?token={token}"
+    assert url in result.stdout
+    assert status(url) == 200
+    assert status(f"http://127.0.0.1:{dotenv['JUPYTER_PORT']}/api/contents") == 403  # no token, no access
+    assert status(f"http://127.0.0.1:{dotenv['JUPYTER_PORT']}/api/contents?token=wrong") == 403
+    for _ in range(30):  # TensorBoard needs a moment to read the runs folder
+        if status(f"http://127.0.0.1:{dotenv['TENSORBOARD_PORT']}/") == 200:
+            break
+        time.sleep(1)
+    assert status(f"http://127.0.0.1:{dotenv['TENSORBOARD_PORT']}/") == 200
+    notebook = docker("ps", "--quiet", "--filter", "label=com.docker.compose.service=notebook").stdout.split()
+    assert docker("inspect", "--format", "{{.State.Health.Status}}", *notebook).stdout.strip() == "healthy"
+    published = docker("port", *notebook, "8888").stdout
+    assert published.startswith("127.0.0.1:")  # private to this machine by default
+
+    (REPO / "notebooks" / "probe-survives-down.ipynb").write_text("{}")
+    try:
+        make("down")
+        assert running_containers() == []
+        assert (REPO / "notebooks" / "probe-survives-down.ipynb").read_text() == "{}"
+    finally:
+        (REPO / "notebooks" / "probe-survives-down.ipynb").unlink()
+
+
+def test_busy_port_is_one_clear_line(built_images, dotenv):
+    with socket.create_server(("127.0.0.1", dotenv["JUPYTER_PORT"])):
+        result = make("notebook", check=False)
+    assert result.returncode != 0
+    assert f"error: port {dotenv['JUPYTER_PORT']} (JUPYTER_PORT in .env)" in result.stderr
+    assert running_containers() == []
+
+
+def test_missing_env_value_is_one_clear_line(built_images, dotenv):
+    (REPO / ".env").write_text(re.sub(r"^TENSORBOARD_PORT=.*$", "TENSORBOARD_PORT=", (REPO / ".env").read_text(), flags=re.M))
+    result = make("notebook", check=False)
+    assert result.returncode != 0
+    assert "error: TENSORBOARD_PORT has no value in .env" in result.stderr
+
+
+def test_changing_the_jupyter_lock_rebuilds_only_that_layer(built_images):
+    lock = REPO / "images" / "jupyter" / "requirements.lock"
+    original = lock.read_text()
+    parents = {name: image_id(name) for name in ("torch-ngc", "lightning")}
+    try:
+        lock.write_text(original + "# a change to the jupyter layer only\n")
+        start = time.perf_counter()
+        result = make("image-jupyter")
+        warm = time.perf_counter() - start
+        print(f"\nwarm rebuild of jupyter after a lock change: {warm:.0f} s (cold make images: {built_images['seconds']:.0f} s)")
+        assert {name: image_id(name) for name in parents} == parents  # the parents were not rebuilt
+        assert image_id("jupyter") != built_images["ids"]["jupyter"]
+        log = result.stdout + result.stderr
+        assert "FROM docker.io/eurosat/lightning:latest" in log and "pip install" in log
+        assert "image-lightning" not in log
+    finally:
+        lock.write_text(original)
+        make("image-jupyter")
+
+
+def test_compose_files_validate(built_images):
+    env = {**os.environ, "REPO_DIR": str(REPO), "DATA_DIR": str(REPO / "data"), "CACHE_DIR": str(REPO / ".cache")}
+    compose = str(REPO / ".venv" / "bin" / "docker-compose")
+    for files in (["compose/compose.yaml"], ["compose/compose.yaml", "compose/compose.gpu.yaml"]):
+        flags = [flag for name in files for flag in ("-f", name)]
+        result = subprocess.run(
+            [compose, "--project-directory", ".", *flags, "config", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_hadolint_passes_on_every_dockerfile():
+    dockerfiles = sorted(str(p) for p in (REPO / "images").glob("*/Dockerfile"))
+    assert len(dockerfiles) == 4
+    result = subprocess.run([str(REPO / ".venv" / "bin" / "hadolint"), *dockerfiles], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_no_engine_is_one_clear_line():
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    result = subprocess.run(["make", "image-ngc", f"DOCKER={DOCKER}"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: no Docker engine answers ('{DOCKER} info' failed): start Docker, or train with RUNNER=local"
+    ]
+
+
+def test_unknown_project_with_the_container_runner():
+    result = make("train", "RUNNER=docker", "PROJECT=nope", check=False)
+    assert result.returncode != 0
+    assert "unknown PROJECT=nope; valid projects: eurosat-amp eurosat-lightning" in result.stderr
