@@ -43,7 +43,10 @@ IMAGE_UID := $(if $(filter 0,$(HOST_UID)),1000,$(HOST_UID))
 IMAGE_GID := $(if $(filter 0,$(HOST_UID)),1000,$(HOST_GID))
 
 # --- containers -----------------------------------------------------------------------------------
-COMPOSE ?= $(if $(shell $(DOCKER) compose version 2>/dev/null),$(DOCKER) compose,$(VENV)/bin/docker-compose)
+# `docker compose` when the plugin is there, else the Compose v2 binary that requirements.lock installs in .venv
+HAS_COMPOSE_PLUGIN := $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo yes)
+COMPOSE ?= $(if $(HAS_COMPOSE_PLUGIN),$(DOCKER) compose,$(abspath $(VENV))/bin/compose-v2)
+COMPOSE_DEP = $(if $(HAS_COMPOSE_PLUGIN),,$(VENV_STAMP))
 RUNNER ?= $(if $(shell $(DOCKER) info --format '{{.ServerVersion}}' 2>/dev/null),docker,local)
 GPUS ?=
 CACHE_DIR ?= .cache/eurosat
@@ -64,6 +67,7 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --require-hashes --no-deps -r requirements.lock
 	$(VENV)/bin/pip install --no-deps --no-build-isolation --editable .
+	ln -sf "$$($(VENV)/bin/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))')" $(VENV)/bin/compose-v2
 	touch $@
 
 venv: $(VENV_STAMP) ## create .venv from requirements.lock (every file hash-checked)
@@ -78,10 +82,11 @@ train: check-project ## train PROJECT on DATA with ARGS="..." [RUNNER=docker|loc
 train-local: check-project $(VENV_STAMP)
 	$(VENV_PY) projects/$(PROJECT)/train.py train --data $(DATA) $(ARGS)
 
-train-docker: check-project check-docker
+train-docker: check-project check-docker $(COMPOSE_DEP)
+	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest >/dev/null 2>&1 || $(MAKE) image-$(IMAGE_FOR_$(PROJECT))
 	@$(call compose_env) scripts/compose.sh run --rm train \
-		$(if $(GPUS),torchrun --standalone --nproc_per_node $(GPUS),python3) projects/$(PROJECT)/train.py train --data /data $(ARGS)
+		python3 $(if $(GPUS),-m torch.distributed.run --standalone --nproc_per_node $(GPUS)) projects/$(PROJECT)/train.py train --data /data $(ARGS)
 
 data: $(VENV_STAMP) ## download EuroSAT into DATA (VARIANT=ms: 13-band TIFF, 2 GB; VARIANT=rgb: JPEG)
 	$(VENV_PY) -m eurosat.download --variant $(VARIANT) --out $(DATA)
@@ -139,16 +144,16 @@ shell: check-docker ## open a shell in IMAGE (default jupyter) with the reposito
 	$(DOCKER) run --rm -it --user $(HOST_UID):$(HOST_GID) -v $(CURDIR):/workspace -w /workspace \
 		$(IMAGE_PREFIX)$(or $(IMAGE),jupyter):latest bash
 
-notebook: check-docker ## start Jupyter and TensorBoard (detached) and print the URL with the token
+notebook: check-docker $(COMPOSE_DEP) ## start Jupyter and TensorBoard (detached) and print the URL with the token
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
 	@$(call compose_env) scripts/notebook.sh
 
-execute: check-docker ## run NOTEBOOK=notebooks/<name>.ipynb top to bottom in the jupyter image (fails on an error)
+execute: check-docker $(COMPOSE_DEP) ## run NOTEBOOK=notebooks/<name>.ipynb top to bottom in the jupyter image (fails on an error)
 	@if [[ ! -f "$(NOTEBOOK)" ]]; then echo "error: NOTEBOOK=$(NOTEBOOK) is not a file; e.g. NOTEBOOK=notebooks/train-eurosat-amp.ipynb" >&2; exit 2; fi
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
 	@$(call compose_env) scripts/compose.sh run --rm --no-deps notebook jupyter execute $(NOTEBOOK)
 
-down: ## stop every container of this repository's compose project
+down: $(COMPOSE_DEP) ## stop every container of this repository's compose project
 	@$(call compose_env) scripts/compose.sh down --remove-orphans
 
 test-images: $(VENV_STAMP) check-docker ## image, compose and notebook tests against the Docker engine

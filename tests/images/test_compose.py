@@ -115,7 +115,7 @@ def test_changing_the_jupyter_lock_rebuilds_only_that_layer(built_images):
 
 def test_compose_files_validate(built_images):
     env = {**os.environ, "REPO_DIR": str(REPO), "DATA_DIR": str(REPO / "data"), "CACHE_DIR": str(REPO / ".cache")}
-    compose = str(REPO / ".venv" / "bin" / "docker-compose")
+    compose = str(REPO / ".venv" / "bin" / "compose-v2")  # the binary itself: its Python wrapper drops exit codes
     for files in (["compose/compose.yaml"], ["compose/compose.yaml", "compose/compose.gpu.yaml"]):
         flags = [flag for name in files for flag in ("-f", name)]
         result = subprocess.run(
@@ -138,6 +138,19 @@ def test_no_engine_is_one_clear_line():
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
         f"error: no Docker engine answers ('{DOCKER} info' failed): start Docker, or train with RUNNER=local"
     ]
+
+
+def test_a_failing_container_run_fails_make(built_images, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = make("train", "RUNNER=docker", f"DATA={tmp_path / 'empty'}", "ARGS=--epochs 1", check=False)
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        "error: no EuroSAT class folders with .tif or .jpg images under /data: run `make data` (EuroSAT) or "
+        "`make data-sample` (synthetic sample), or pass --data PATH"
+    ]
+    result = make("train", "RUNNER=docker", f"DATA={tmp_path / 'missing'}", check=False)
+    assert result.returncode != 0 and "is not a directory" in result.stderr
+    assert not (tmp_path / "missing").exists()  # docker did not create it as an empty root-owned folder
 
 
 def test_unknown_project_with_the_container_runner():

@@ -80,6 +80,26 @@ def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_im
         shutil.rmtree(REPO / out, ignore_errors=True)
 
 
+def test_gpus_launches_torchrun_in_the_container(built_images, sample_dir):
+    """GPUS=N starts N processes with torchrun (gloo on this CPU-only host); each image is counted once."""
+    out = f"runs/image-test-torchrun-{int(time.time())}"
+    try:
+        make(
+            "train",
+            "RUNNER=docker",
+            "PROJECT=eurosat-amp",
+            "GPUS=2",
+            f"DATA={sample_dir}",
+            f"ARGS=--epochs 1 --model resnet10t --batch-size 32 --workers 0 --val-fraction 0.25 --out {out}",
+        )
+        (run_dir,) = (REPO / out).iterdir()
+        assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+        (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert record["val_samples"] == 135
+    finally:
+        shutil.rmtree(REPO / out, ignore_errors=True)
+
+
 def test_notebook_trains_inside_the_jupyter_image(built_images, sample_dir):
     make("execute", "NOTEBOOK=notebooks/train-eurosat-amp.ipynb", f"DATA={sample_dir}", timeout=900)
     newest = max((REPO / "runs" / "notebook").iterdir(), key=lambda p: p.stat().st_mtime)
