@@ -55,7 +55,7 @@ PROJECTS := $(sort $(patsubst projects/%/train.py,%,$(wildcard projects/*/train.
 VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
-.PHONY: help venv train train-local train-docker data data-sample lock lock-check lint test test-images clean \
+.PHONY: help venv bench train train-local train-docker data data-sample lock lock-check lint test test-images clean \
 	check-project check-docker images image-ngc lock-images pin push shell notebook execute down
 
 help: ## list the targets
@@ -93,6 +93,9 @@ data: $(VENV_STAMP) ## download EuroSAT into DATA (VARIANT=ms: 13-band TIFF, 2 G
 
 data-sample: $(VENV_STAMP) ## write a small synthetic EuroSAT (official layout, 13-band TIFF) into DATA
 	$(VENV_PY) -m eurosat.sample --out $(DATA)
+
+bench: $(VENV_STAMP) ## the articles' baseline vs this project on DATA (ARGS: --device, --model, --batch-size ...)
+	$(VENV_PY) bench/run.py --data $(DATA) $(ARGS)
 
 lock: $(VENV_STAMP) ## regenerate requirements.lock (hashes, all platforms) from requirements.in
 	$(VENV_PY) scripts/lock.py compile requirements.in requirements.lock

@@ -1,0 +1,40 @@
+"""make bench on the CPU: both pipelines run on the same files and the results are written."""
+
+import json
+import sys
+
+import pytest
+from conftest import run
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_measures_baseline_and_project_side_by_side(sample_dir, tmp_path):
+    run(
+        sys.executable,
+        "bench/run.py",
+        "--data",
+        sample_dir,
+        "--batch-size",
+        "32",
+        "--workers",
+        "0",
+        "--warmup-epochs",
+        "0",
+        "--model-only-steps",
+        "2",
+        "--out",
+        tmp_path,
+    )
+    (result_file,) = tmp_path.glob("*.json")
+    result = json.loads(result_file.read_text())
+    assert result["data"] == {"path": str(sample_dir), "synthetic": True, "train_images": 432}  # a make data-sample folder
+    assert result["settings"]["model"] == "resnet10t" and result["machine"]["device"] == "cpu"
+    pipe, training = result["input_pipeline"], result["training"]
+    assert pipe["baseline_samples_per_s"] > 0 and pipe["project_samples_per_s"] > 0 and pipe["project_prepare_seconds"] > 0
+    assert pipe["speedup"] == pytest.approx(pipe["project_samples_per_s"] / pipe["baseline_samples_per_s"])
+    for side in ("baseline", "project"):
+        assert training[side]["images_per_s"] > 0 and 0 <= training[side]["data_wait_share"] < 1
+    assert result["model_only_images_per_s"] > 0
+    table = result_file.with_suffix(".md").read_text()
+    assert "| training end to end, images/s |" in table and "432 train images" in table
