@@ -38,7 +38,7 @@ from eurosat.runs import (
     save_checkpoint,
     write_json,
 )
-from eurosat.training import resolve_device, restore_rng_state, rng_state, seed_everything
+from eurosat.training import make_deterministic, resolve_device, restore_rng_state, rng_state, seed_everything, seed_worker
 
 PROJECT = "eurosat-amp"
 PROGRESS_EVERY = 10  # steps between progress-bar updates: each one syncs the device
@@ -148,6 +148,8 @@ def _train(args, proc: Process) -> list[dict]:
     if not proc.is_main:
         data = load_configured_splits(config, progress=False)
 
+    if config.get("deterministic"):
+        make_deterministic()
     seed_everything(config["seed"])
     core = build_model(
         config["model"], len(data.classes), len(data.bands), config["pretrained"], config["weights"] and Path(config["weights"])
@@ -178,6 +180,7 @@ def _train(args, proc: Process) -> list[dict]:
         "num_workers": config["workers"],
         "pin_memory": proc.device.type == "cuda",
         "persistent_workers": config["workers"] > 0,
+        "worker_init_fn": seed_worker,
     }
     # Worker seeds come from the loader's own generator, so the global RNG (and an exact resume) is untouched.
     train_loader = DataLoader(

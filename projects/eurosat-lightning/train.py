@@ -40,7 +40,7 @@ from eurosat.runs import (
     save_checkpoint,
     write_json,
 )
-from eurosat.training import resolve_device
+from eurosat.training import resolve_device, seed_worker
 
 PROJECT = "eurosat-lightning"
 RUN_DIR_ENV = "EUROSAT_RUN_DIR"  # hands the run directory to the processes Lightning's DDP launcher starts
@@ -67,6 +67,7 @@ class EuroSATDataModule(pl.LightningDataModule):
             num_workers=self.workers,
             persistent_workers=self.workers > 0,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(self.seed),
         )
 
@@ -244,6 +245,7 @@ def train(args) -> list[dict]:
         use_distributed_sampler=False,  # the data module shards itself (see val_dataloader)
         num_sanity_val_steps=0,
         enable_model_summary=False,
+        deterministic=bool(config.get("deterministic")),
         default_root_dir=run_dir,
     )
     if trainer.is_global_zero:

@@ -60,6 +60,9 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     train.add_argument("--weights", type=Path, help="initial weights from a local file (timm/safetensors/torch)")
     train.add_argument("--resume", type=Path, metavar="RUN", help="continue a run from RUN/last.ckpt (RUN or a .ckpt)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument(
+        "--deterministic", action="store_true", help="deterministic algorithms and seeded workers: runs repeat to the bit"
+    )
 
     evaluate = commands.add_parser("evaluate", help="validation loss and accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", type=Path)

@@ -147,6 +147,7 @@ def provenance(seed: int, device: torch.device, world_size: int = 1) -> dict:
         "command": [sys.executable, *sys.argv],
         "cwd": os.getcwd(),
         "seed": seed,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "git": {"commit": commit, "dirty": dirty},
         "lockfile": {"path": str(lockfile), "sha256": _sha256(lockfile)},
         "versions": {
