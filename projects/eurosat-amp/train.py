@@ -233,7 +233,7 @@ def _train(args, proc: Process) -> list[dict]:
                 "history": history,
                 "config": config,
             }
-            save_checkpoint(state, run_dir / "last.ckpt")
+            save_checkpoint(state, run_dir / "last.ckpt", keep_previous=True)
             if record["val_acc"] > best_acc:
                 best_acc = record["val_acc"]
                 save_checkpoint(state, run_dir / "best.ckpt")

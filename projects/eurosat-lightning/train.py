@@ -44,6 +44,7 @@ from eurosat.training import resolve_device, seed_worker
 
 PROJECT = "eurosat-lightning"
 RUN_DIR_ENV = "EUROSAT_RUN_DIR"  # hands the run directory to the processes Lightning's DDP launcher starts
+CHECKPOINT_ENV = "EUROSAT_RESUME_CHECKPOINT"  # and the checkpoint they resume from
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
 
 
@@ -134,7 +135,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints go to a temporary file first, so a crash never leaves a half-written last.ckpt."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        save_checkpoint(checkpoint, Path(path))
+        save_checkpoint(checkpoint, Path(path), keep_previous=Path(path).name == "last.ckpt")
 
 
 class RunRecorder(pl.Callback):
@@ -185,20 +186,21 @@ class RunRecorder(pl.Callback):
             print(f"run directory: {self.run_dir}")
 
 
-def run_directory(config: dict) -> tuple[Path, Path | None]:
+def run_directory(config: dict, resumed: tuple[Path, Path] | None) -> tuple[Path, Path | None]:
     """(run directory, checkpoint to resume from); processes started by Lightning's launcher reuse rank 0's."""
     if os.environ.get("LOCAL_RANK", "0") != "0" and RUN_DIR_ENV in os.environ:
-        run_dir = Path(os.environ[RUN_DIR_ENV])
-        return run_dir, run_dir / "last.ckpt" if config.get("resume") else None
-    if config.get("resume"):
-        return resolve_resume(Path(config["resume"]))
+        checkpoint = os.environ.get(CHECKPOINT_ENV)
+        return Path(os.environ[RUN_DIR_ENV]), Path(checkpoint) if checkpoint else None
+    if resumed:
+        return resumed
     return create_run_dir(Path(config["out"]), config["model"]), None
 
 
 def train(args) -> list[dict]:
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-    if args.resume:  # the run's own settings, with the new --epochs, --workers, --device, --devices
-        run_dir, _ = resolve_resume(args.resume)
+    resumed = resolve_resume(args.resume) if args.resume else None
+    if resumed:  # the run's own settings, with the new --epochs, --workers, --device, --devices
+        run_dir = resumed[0]
         try:
             saved = json.loads((run_dir / "config.json").read_text())
         except (OSError, ValueError):
@@ -223,7 +225,7 @@ def train(args) -> list[dict]:
         config["weights"],
     )
 
-    run_dir, ckpt_path = run_directory(config)
+    run_dir, ckpt_path = run_directory(config, resumed)
     precision = config["precision"]
     if precision == "auto":
         precision = "16-mixed" if device.type == "cuda" else "32-true"
@@ -265,11 +267,12 @@ def train(args) -> list[dict]:
             f"run {run_dir}: {len(data.train)} train / {len(data.val)} val images, {config['model']}, precision {precision}",
             flush=True,
         )
-    os.environ[RUN_DIR_ENV] = str(run_dir)
+    os.environ.update({RUN_DIR_ENV: str(run_dir), CHECKPOINT_ENV: str(ckpt_path or "")})
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
+        os.environ.pop(CHECKPOINT_ENV, None)
     return trainer.callbacks[-1].history if isinstance(trainer.callbacks[-1], RunRecorder) else []
 
 

@@ -42,11 +42,28 @@ def create_run_dir(out_root: Path, name: str) -> Path:
     raise UserError(f"output directory {out_root} has too many runs named {stamp}-{name}")
 
 
+def previous_checkpoint(path: Path) -> Path:
+    """last.ckpt -> last.prev.ckpt: the checkpoint before the newest, kept for when the newest is damaged."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def resolve_resume(path: Path) -> tuple[Path, Path]:
-    """(run directory, checkpoint) for --resume RUN_DIR or --resume RUN_DIR/last.ckpt."""
+    """(run directory, checkpoint) for --resume RUN_DIR or --resume RUN_DIR/last.ckpt.
+
+    A truncated or corrupt checkpoint is reported in one line and the previous good one is used instead."""
     checkpoint = path / "last.ckpt" if path.is_dir() else path
     if not checkpoint.is_file():
         raise UserError(f"--resume {path}: no checkpoint at {checkpoint}")
+    try:
+        load_checkpoint(checkpoint)
+    except UserError as problem:
+        previous = previous_checkpoint(checkpoint)
+        try:
+            load_checkpoint(previous)
+        except UserError:
+            raise problem from None
+        print(f"warning: {problem}; resuming from the previous checkpoint {previous}", file=sys.stderr)
+        checkpoint = previous
     return checkpoint.parent, checkpoint
 
 
@@ -62,9 +79,14 @@ def _write_atomically(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """torch.save that never leaves a half-written file behind (temporary file, fsync, rename)."""
-    _write_atomically(Path(path), lambda handle: torch.save(state, handle))
+def save_checkpoint(state: dict, path: Path, keep_previous: bool = False) -> None:
+    """torch.save that never leaves a half-written file behind (temporary file, fsync, rename).
+
+    keep_previous moves the checkpoint it replaces to last.prev.ckpt first, for resume to fall back on."""
+    path = Path(path)
+    if keep_previous and path.exists():
+        os.replace(path, previous_checkpoint(path))
+    _write_atomically(path, lambda handle: torch.save(state, handle))
 
 
 def write_json(path: Path, data) -> None:
