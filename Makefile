@@ -55,7 +55,7 @@ PROJECTS := $(sort $(patsubst projects/%/train.py,%,$(wildcard projects/*/train.
 VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
-.PHONY: help venv bench train train-local train-docker data data-sample lock lock-check lint test test-images clean \
+.PHONY: help venv bench reproduce train train-local train-docker data data-sample lock lock-check lint test test-images clean \
 	check-project check-docker images image-ngc lock-images pin push shell notebook execute down
 
 help: ## list the targets
@@ -64,6 +64,7 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_%/-]+:.*?## .*$$' $(firstword $(MAKEFILE_LIST)) | awk 'BEGIN {FS = ":.*?## "}; {printf "\033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(VENV_STAMP): requirements.lock pyproject.toml
+	$(PYTHON) scripts/lock.py verify requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --require-hashes --no-deps -r requirements.lock
 	$(VENV)/bin/pip install --no-deps --no-build-isolation --editable .
@@ -94,14 +95,19 @@ data: $(VENV_STAMP) ## download EuroSAT into DATA (VARIANT=ms: 13-band TIFF, 2 G
 data-sample: $(VENV_STAMP) ## write a small synthetic EuroSAT (official layout, 13-band TIFF) into DATA
 	$(VENV_PY) -m eurosat.sample --out $(DATA)
 
+reproduce: $(VENV_STAMP) ## train a recorded run again, warn about every provenance difference, compare metrics: RUN=runs/<project>/<id>
+	@[[ -n "$(RUN)" ]] || { echo "error: pass RUN=runs/<project>/<run-id> (a run directory to reproduce)" >&2; exit 2; }
+	$(VENV_PY) -m eurosat.reproduce "$(RUN)"
+
 bench: $(VENV_STAMP) ## the articles' baseline vs this project on DATA (ARGS: --device, --model, --batch-size ...)
 	$(VENV_PY) bench/run.py --data $(DATA) $(ARGS)
 
 lock: $(VENV_STAMP) ## regenerate requirements.lock (hashes, all platforms) from requirements.in
 	$(VENV_PY) scripts/lock.py compile requirements.in requirements.lock
 
-lock-check: $(VENV_STAMP) ## fail when requirements.lock no longer matches requirements.in
+lock-check: $(VENV_STAMP) ## fail when a lock no longer matches its input or was edited after it was generated
 	$(VENV_PY) scripts/lock.py check requirements.in requirements.lock
+	$(VENV_PY) scripts/lock.py verify images/*/requirements.lock
 
 lint: $(VENV_STAMP) ## pre-commit on every file: ruff, hadolint, shellcheck, hygiene
 	PATH="$(abspath $(VENV))/bin:$$PATH" pre-commit run --all-files --show-diff-on-failure

@@ -1,21 +1,24 @@
-"""make bench: the articles' baseline and this project's pipeline side by side, in one process, on the same
-files, model, batch size, device and threads. Writes bench/results/<host>-<date>.json and .md.
+"""make bench: the articles' baseline and this project's training path side by side, in one process tree, on
+the same files, model, batch size, device and threads. Writes bench/results/<host>-<date>.json, .md and .png.
 
     python bench/run.py [--data data/eurosat] [--model resnet10t] [--batch-size 64] [--device auto]
 
 Without EuroSAT in --data it writes a synthetic sample in the official format (and says so in the results).
-The project's figures come from projects/eurosat-amp/train.py's own training loop and data path.
+The project's figures come from projects/eurosat-amp/train.py itself: its data path, its training step, and
+for the time to accuracy the whole script in its own process.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import itertools
 import json
 import os
 import platform
+import re
 import resource
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,30 +26,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from baseline import BaselineDataset, baseline_train_epoch
-from torch.utils.data import DataLoader, DistributedSampler
+from baseline import BaselineDataset, baseline_loader, baseline_train_epoch
 
-from eurosat.cache import prepare
 from eurosat.cli import ArgumentParser, positive_int, run_cli
-from eurosat.datasets import CachedDataset, to_input
+from eurosat.datasets import BatchLoader, load_splits, resident_device, to_input
 from eurosat.errors import UserError
 from eurosat.files import list_files
 from eurosat.models import build_model
+from eurosat.projects import load_project, train_script
 from eurosat.sample import MARKER as SAMPLE_MARKER
 from eurosat.sample import write_sample
-from eurosat.split import stratified_split
-from eurosat.training import resolve_device, seed_everything
+from eurosat.training import autocast_dtype, resolve_device, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = train_script("eurosat-amp")
+TARGET_ACCURACY = 0.948  # the articles' validation accuracy after 3 epochs
 
-
-def load_project_trainer():
-    """projects/eurosat-amp/train.py as a module: the benchmark times its loop, not a copy of it."""
-    spec = importlib.util.spec_from_file_location("eurosat_amp_train", REPO / "projects" / "eurosat-amp" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+# Each ablation row turns one step of the project's path off (or, for compile, on).
+ABLATIONS = {
+    "project path (the default)": {},
+    "per-file TIFF decoding in DataLoader workers, not the cached array": {"files": True},
+    "data in host memory, copied each step, not resident on the GPU": {"data_on": "host"},
+    "NCHW, not channels_last": {"channels_last": False},
+    "fp16 with a gradient scaler, not bf16": {"precision": "fp16"},
+    "fp32, no autocast": {"precision": "fp32"},
+    "Adam without fused kernels": {"fused": False},
+    "a host sync (.item()) every step, not every 10": {"sync_every": 1},
+    "with torch.compile (compile time apart)": {"compile": True},
+}
 
 
 def synchronize(device: torch.device) -> None:
@@ -55,24 +62,25 @@ def synchronize(device: torch.device) -> None:
 
 
 class WaitTimer:
-    """Iterates a loader and adds up the seconds spent waiting for each batch."""
+    """Iterates batches, adding up the samples and the seconds spent waiting for each batch."""
 
-    def __init__(self, loader):
-        self.loader, self.wait = loader, 0.0
+    def __init__(self, batches):
+        self.batches, self.wait, self.samples = batches, 0.0, 0
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.batches)
 
     def __iter__(self):
-        batches = iter(self.loader)
+        batches = iter(self.batches)
         while True:
             start = time.perf_counter()
             try:
-                batch = next(batches)
+                images, labels = next(batches)
             except StopIteration:
                 return
             self.wait += time.perf_counter() - start
-            yield batch
+            self.samples += len(labels)
+            yield images, labels
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -81,36 +89,39 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the whole process, on the CPU
 
 
-def timed_epochs(run_epoch, loader_factory, epochs: int, warmup_epochs: int, device) -> dict:
+def timed_epochs(run_epoch, batches_factory, epochs: int, warmup_epochs: int, device) -> dict:
     """Images/s over whole epochs after warm-up, clocks read after synchronising, and the data-wait share."""
+    warmup_start = time.perf_counter()
     for _ in range(warmup_epochs):
-        run_epoch(loader_factory())
+        run_epoch(batches_factory())
+    synchronize(device)
+    warmup_seconds = time.perf_counter() - warmup_start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     images = wait = 0.0
-    synchronize(device)
     start = time.perf_counter()
     for _ in range(epochs):
-        timer = WaitTimer(loader_factory())
+        timer = WaitTimer(batches_factory())
         run_epoch(timer)
-        images += len(timer.loader.sampler if hasattr(timer.loader, "sampler") else timer.loader.dataset)
+        images += timer.samples
         wait += timer.wait
     synchronize(device)
     seconds = time.perf_counter() - start
     return {
         "images_per_s": images / seconds,
         "epoch_seconds": seconds / epochs,
+        "warmup_seconds": warmup_seconds,
         "data_wait_share": wait / seconds,
         "peak_memory_mb": peak_memory_mb(device),
     }
 
 
-def loader_throughput(loader, device, convert) -> float:
-    """Samples/s of one pass over the loader, each batch delivered to the device as the model's input."""
+def loader_throughput(batches, device, convert) -> float:
+    """Samples/s of one pass, each batch delivered to the device as the model's input."""
     seen = 0
     synchronize(device)
     start = time.perf_counter()
-    for images, labels in loader:
+    for images, labels in batches:
         convert(images)
         labels.to(device, non_blocking=True)
         seen += len(labels)
@@ -118,10 +129,31 @@ def loader_throughput(loader, device, convert) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def time_to_accuracy(command: list, target: float) -> dict:
+    """Runs a training script in its own process; seconds from its start to each epoch's validation line."""
+    start = time.perf_counter()
+    process = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    epochs, startup = [], None
+    for line in process.stdout:
+        if startup is None and line.startswith(("run ", "training")):  # data ready, model built: training starts
+            startup = time.perf_counter() - start
+        if match := re.match(r"Epoch (\d+)/\d+ .*val_acc ([0-9.]+)", line):
+            epochs.append({"epoch": int(match[1]), "val_acc": float(match[2]), "seconds": time.perf_counter() - start})
+    if process.wait():
+        raise UserError(f"{' '.join(map(str, command))} failed:\n{process.stderr.read()[-2000:]}")
+    reached = next((e for e in epochs if e["val_acc"] >= target), None)
+    return {
+        "startup_seconds": startup,
+        "epochs": epochs,
+        "seconds_to_target": reached and reached["seconds"],
+        "epoch_reaching_target": reached and reached["epoch"],
+    }
+
+
 def benchmark(args) -> dict:
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    trainer = load_project_trainer()
+    trainer = load_project("eurosat-amp")
     data_dir = Path(args.data)
     scratch = Path(tempfile.mkdtemp(prefix="eurosat-bench-"))
     try:
@@ -132,76 +164,117 @@ def benchmark(args) -> dict:
 
     # The project's one-time prepare, timed cold in a fresh cache; the split is the articles'.
     start = time.perf_counter()
-    cached = prepare(data_dir, "rgb", scratch / "cache", progress=False)
+    splits = load_splits(data_dir, "rgb", scratch / "cache", 0.2, 42, progress=False)
     prepare_seconds = time.perf_counter() - start
-    train_idx, _ = stratified_split(cached.labels)
-    paths = [cached.root / cached.files[j] for j in train_idx]
-    labels = cached.labels[train_idx].tolist()
-    project_data = CachedDataset(cached.path, cached.labels, train_idx)
-    baseline_data = BaselineDataset(paths, labels)
-    pin = device.type == "cuda"
+    cache, rows = splits.train.cache, splits.train.rows
+    baseline_data = BaselineDataset([cache.root / cache.files[j] for j in rows], cache.labels[rows].tolist())
+    proc = trainer.Process(0, 1, device)
+    torch.backends.cudnn.benchmark = True
 
-    def baseline_loader():
-        return DataLoader(baseline_data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, pin_memory=pin)
+    epochs, loaders = itertools.count(), {}  # every pass gets a fresh shuffle, as in training
 
-    sampler = DistributedSampler(project_data, 1, 0, shuffle=True, seed=0)
+    def project_batches(data_on="auto"):
+        if data_on not in loaders:  # loading the split into memory (or onto the GPU) is the one-time part
+            loaders[data_on] = BatchLoader(
+                splits.train,
+                args.batch_size,
+                shuffle=True,
+                device=resident_device(splits.train, device, data_on),
+                pin_memory=device.type == "cuda",
+            )
+        loaders[data_on].set_epoch(next(epochs))
+        return loaders[data_on]
 
-    def project_loader():
-        return DataLoader(
-            project_data,
-            batch_size=args.batch_size,
-            sampler=sampler,
-            num_workers=args.workers,
-            pin_memory=pin,
-            persistent_workers=False,
-        )
+    # 1. The input pipeline alone.
+    baseline_pipe = loader_throughput(
+        baseline_loader(baseline_data, args.batch_size, args.workers, device), device, lambda x: x.to(device)
+    )
+    project_batches()  # loaded once, as train.py does before its first epoch
+    project_pipe = loader_throughput(project_batches(), device, lambda x: to_input(x, cache.scale, device))
 
-    baseline_pipe = loader_throughput(baseline_loader(), device, lambda x: x.to(device, non_blocking=True))
-    project_pipe = loader_throughput(project_loader(), device, lambda x: to_input(x, cached.scale, device))
-
-    def fresh_model(channels_last: bool):
+    def fresh_model(channels_last: bool = True):
         seed_everything(0)
-        model = build_model(args.model, len(cached.classes), 3).to(device)
+        model = build_model(args.model, len(cache.classes), 3).to(device)
         return model.to(memory_format=torch.channels_last) if channels_last else model
 
+    # 2. The baseline's training loop, end to end.
     model = fresh_model(channels_last=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     baseline = timed_epochs(
         lambda batches: baseline_train_epoch(model, batches, optimizer, scaler, device),
-        baseline_loader,
+        lambda: baseline_loader(baseline_data, args.batch_size, args.workers, device),
         args.epochs,
         args.warmup_epochs,
         device,
     )
 
-    proc = trainer.Process(0, 1, device)
-    amp_dtype = trainer.resolve_precision("auto", device)
-    model = fresh_model(channels_last=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # 4. The project's path, then each of its steps switched off in turn (row 1 is figure 2's project column).
+    def project_run(files=False, data_on="auto", channels_last=True, precision="auto", fused=True, sync_every=10, compile=False):
+        model = fresh_model(channels_last)
+        step_model = torch.compile(model) if compile else model
+        optimizer = trainer.make_optimizer(model, 1e-3, fused)
+        amp_dtype = autocast_dtype(precision, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        scale = 1.0 if files else cache.scale  # the baseline's dataset has already divided and clipped
 
-    def project_epoch(batches):
-        sampler.set_epoch(sampler.epoch + 1)
-        trainer.train_one_epoch(model, batches, optimizer, scaler, amp_dtype, cached.scale, proc, "bench")
+        def epoch(batches):
+            trainer.train_one_epoch(
+                step_model, batches, optimizer, scaler, amp_dtype, scale, proc, "bench",
+                sync_every=sync_every, channels_last=channels_last,
+            )  # fmt: skip
 
-    project = timed_epochs(project_epoch, project_loader, args.epochs, args.warmup_epochs, device)
+        if files:
+            batches = lambda: baseline_loader(baseline_data, args.batch_size, args.workers, device)  # noqa: E731
+        else:
+            batches = lambda: project_batches(data_on)  # noqa: E731
+        result = timed_epochs(epoch, batches, args.epochs, max(args.warmup_epochs, 1 if compile else 0), device)
+        result["precision"] = str(amp_dtype or torch.float32)
+        if compile:
+            result["compile_seconds"] = result["warmup_seconds"] - result["epoch_seconds"]
+        return model, optimizer, scaler, amp_dtype, result
 
-    # The model's own ceiling: the same training step on batches already on the device.
-    images = torch.randint(0, 4000, (args.batch_size, 3, 64, 64), dtype=torch.int32, device=device)
-    targets = torch.randint(0, len(cached.classes), (args.batch_size,), device=device)
+    ablations = {}
+    for name, switch in ABLATIONS.items():
+        if switch.get("data_on") and device.type != "cuda":
+            continue  # on the CPU the data is in host memory either way
+        if switch.get("compile") and args.no_compile:
+            continue
+        print(f"ablation: {name}", file=sys.stderr, flush=True)
+        run = project_run(**switch)
+        ablations[name] = run[-1]
+        if not switch:
+            model, optimizer, scaler, amp_dtype, project = run
+
+    # 3. The model's own ceiling: the same training step on batches already on the device.
+    images = torch.randint(0, 4000, (args.batch_size, 3, 64, 64), dtype=torch.int16, device=device)
+    targets = torch.randint(0, len(cache.classes), (args.batch_size,), device=device)
     steps = [(images, targets)] * args.model_only_steps
-    trainer.train_one_epoch(model, steps[:2], optimizer, scaler, amp_dtype, cached.scale, proc, "warm-up")
+    trainer.train_one_epoch(model, steps[:2], optimizer, scaler, amp_dtype, cache.scale, proc, "warm-up")
     synchronize(device)
     start = time.perf_counter()
-    trainer.train_one_epoch(model, steps, optimizer, scaler, amp_dtype, cached.scale, proc, "model only")
+    trainer.train_one_epoch(model, steps, optimizer, scaler, amp_dtype, cache.scale, proc, "model only")
     synchronize(device)
     model_only = args.batch_size * len(steps) / (time.perf_counter() - start)
+
+    # 5. Time to the articles' accuracy, each script in its own process from its start, on the same data.
+    common = ["--data", data_dir, "--model", args.model, "--batch-size", args.batch_size, "--epochs", args.accuracy_epochs]
+    common += ["--device", device.type]
+    accuracy = {
+        "baseline": time_to_accuracy(
+            [sys.executable, REPO / "bench" / "baseline.py", *common, "--workers", args.workers], TARGET_ACCURACY
+        ),
+        "project": time_to_accuracy(
+            [sys.executable, TRAIN_SCRIPT, "train", *common, "--out", scratch / "runs", "--cache-dir", scratch / "tta-cache"],
+            TARGET_ACCURACY,
+        ),
+    }
 
     return {
         "machine": {
             "host": socket.gethostname(),
             "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(),
             "threads": args.threads,
             "device": str(device),
@@ -209,25 +282,31 @@ def benchmark(args) -> dict:
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
         },
-        "data": {"path": str(args.data), "synthetic": synthetic, "train_images": len(train_idx)},
+        "data": {"path": str(args.data), "synthetic": synthetic, "train_images": len(rows)},
         "settings": {
             "model": args.model,
             "batch_size": args.batch_size,
             "workers": args.workers,
             "epochs": args.epochs,
             "warmup_epochs": args.warmup_epochs,
-            "project_precision": str(amp_dtype or torch.float32),
+            "project_precision": project["precision"],
         },
         "input_pipeline": {
             "baseline_samples_per_s": baseline_pipe,
             "project_samples_per_s": project_pipe,
             "speedup": project_pipe / baseline_pipe,
             "project_prepare_seconds": prepare_seconds,
-            "baseline_epoch_seconds": len(train_idx) / baseline_pipe,
+            "baseline_epoch_seconds": len(rows) / baseline_pipe,
         },
         "training": {"baseline": baseline, "project": project, "speedup": project["images_per_s"] / baseline["images_per_s"]},
         "model_only_images_per_s": model_only,
+        "ablation": ablations,
+        "time_to_accuracy": {"target": TARGET_ACCURACY, "prepare_seconds": prepare_seconds, **accuracy},
     }
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
 
 
 def markdown(result: dict) -> str:
@@ -247,19 +326,74 @@ def markdown(result: dict) -> str:
         ("peak memory, MiB", base["peak_memory_mb"], proj["peak_memory_mb"], None),
         ("model only (synthetic batches on the device), images/s", None, result["model_only_images_per_s"], None),
     ]
-    fmt = lambda v: "" if v is None else f"{v:,.1f}"  # noqa: E731
     machine, settings, data = result["machine"], result["settings"], result["data"]
+    source = "synthetic, official format" if data["synthetic"] else data["path"]
     lines = [
         f"{machine['gpu'] or 'CPU'} ({machine['device']}, {machine['cpus']} CPUs, {machine['threads']} threads), "
-        f"torch {machine['torch']}; {settings['model']}, batch {settings['batch_size']}, {settings['workers']} workers, "
-        f"{data['train_images']} train images ({'synthetic, official format' if data['synthetic'] else data['path']}), "
-        f"{settings['epochs']} measured epoch(s) after {settings['warmup_epochs']} warm-up",
+        f"torch {machine['torch']}; {settings['model']}, batch {settings['batch_size']}, {settings['workers']} workers "
+        f"(baseline), {data['train_images']} train images ({source}), "
+        f"{settings['epochs']} measured epoch(s) after {settings['warmup_epochs']} warm-up; project precision "
+        f"{settings['project_precision']}",
         "",
         "| figure | baseline | project | project / baseline |",
         "| --- | ---: | ---: | ---: |",
-        *(f"| {name} | {fmt(b)} | {fmt(p)} | {'' if r is None else f'{r:.2f}x'} |" for name, b, p, r in rows),
+        *(f"| {name} | {_fmt(b)} | {_fmt(p)} | {'' if r is None else f'{r:.2f}x'} |" for name, b, p, r in rows),
+        "",
+        "| ablation: the project's path with | images/s | vs the project path | data wait, % |",
+        "| --- | ---: | ---: | ---: |",
     ]
+    for name, figures in result["ablation"].items():
+        extra = f" (compile {figures['compile_seconds']:.1f} s)" if "compile_seconds" in figures else ""
+        lines.append(
+            f"| {name}{extra} | {_fmt(figures['images_per_s'])} | {figures['images_per_s'] / proj['images_per_s']:.2f}x "
+            f"| {_fmt(100 * figures['data_wait_share'])} |"
+        )
+    accuracy = result["time_to_accuracy"]
+    lines += [
+        "",
+        f"| time to {accuracy['target']:.1%} validation accuracy, from process start | baseline | project |",
+        "| --- | ---: | ---: |",
+        f"| seconds (epoch reaching it) | {_reached(accuracy['baseline'])} | {_reached(accuracy['project'])} |",
+        f"| start-up before the first step, s | {_fmt(accuracy['baseline']['startup_seconds'])} "
+        f"| {_fmt(accuracy['project']['startup_seconds'])} (one-time prepare {accuracy['prepare_seconds']:.1f} s of it) |",
+    ]
+    for i, (b, p) in enumerate(zip(accuracy["baseline"]["epochs"], accuracy["project"]["epochs"], strict=True)):
+        lines.append(f"| val_acc after epoch {i + 1} | {b['val_acc']:.4f} | {p['val_acc']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _reached(run: dict) -> str:
+    if run["seconds_to_target"] is None:
+        return f"not reached in {len(run['epochs'])} epochs"
+    return f"{run['seconds_to_target']:.1f} (epoch {run['epoch_reaching_target']})"
+
+
+def chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    pipe, train = result["input_pipeline"], result["training"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 2.4]})
+    left.bar(["baseline", "project"], [pipe["baseline_samples_per_s"], pipe["project_samples_per_s"]], color=["grey", "tab:blue"])
+    left.set_yscale("log")
+    left.set_title(f"input pipeline, samples/s ({pipe['speedup']:.0f}x)")
+    names = ["baseline", *result["ablation"], "model only (ceiling)"]
+    values = [
+        train["baseline"]["images_per_s"],
+        *(r["images_per_s"] for r in result["ablation"].values()),
+        result["model_only_images_per_s"],
+    ]
+    colors = ["grey", "tab:blue", *["tab:orange"] * (len(names) - 3), "tab:green"]
+    right.barh(names[::-1], values[::-1], color=colors[::-1])
+    right.set_title("training end to end, images/s")
+    right.tick_params(axis="y", labelsize=8)
+    machine = result["machine"]
+    fig.suptitle(f"{machine['gpu'] or 'CPU'}, {result['settings']['model']}, batch {result['settings']['batch_size']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -268,11 +402,13 @@ def main(argv=None) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--model", help="timm model (default: tf_efficientnet_b5 on a GPU, resnet10t on the CPU)")
     parser.add_argument("--batch-size", type=positive_int, help="default: 1024 on a GPU, 64 on the CPU")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers, both pipelines")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="the baseline's DataLoader workers")
     parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--epochs", type=positive_int, default=1, help="measured epochs")
     parser.add_argument("--warmup-epochs", type=int, default=1)
     parser.add_argument("--model-only-steps", type=positive_int, default=10)
+    parser.add_argument("--accuracy-epochs", type=positive_int, default=3, help="epochs of the time-to-accuracy runs")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile ablation row")
     parser.add_argument("--sample-fraction", type=float, default=0.1, help="size of the synthetic sample")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
@@ -285,8 +421,9 @@ def main(argv=None) -> None:
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     stem.with_suffix(".md").write_text(table)
+    chart(result, stem.with_suffix(".png"))
     print(table)
-    print(f"results: {stem}.json, {stem}.md")
+    print(f"results: {stem}.json, {stem}.md, {stem}.png")
 
 
 if __name__ == "__main__":

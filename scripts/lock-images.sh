@@ -23,6 +23,7 @@ compile() {
   shift
   "$UV" pip compile "images/$layer/requirements.in" --universal --python-version 3.11 --generate-hashes --quiet \
     --custom-compile-command "make lock-images" -o "images/$layer/requirements.lock" "$@"
+  .venv/bin/python scripts/lock.py seal "images/$layer/requirements.lock"
   echo "locked images/$layer/requirements.lock"
 }
 

@@ -1,10 +1,14 @@
-"""Compile and check a hashed lockfile.
+"""Compile, seal and check hashed lockfiles.
 
     python scripts/lock.py compile requirements.in requirements.lock
     python scripts/lock.py check requirements.in requirements.lock
+    python scripts/lock.py seal LOCK...     # record the sha256 of each lock's own text in its header
+    python scripts/lock.py verify LOCK...   # fail when a lock was edited after it was sealed (stdlib only)
 
 The lock is universal (every platform and Python >= 3.11) and records the sha256 of its input, so `check`
-knows, offline, when the input changed after the last compile and when a pin no longer satisfies it.
+knows, offline, when the input changed after the last compile and when a pin no longer satisfies it. The
+seal catches a hand-edited or corrupted lock (a changed hash or pin) before pip runs; pip's --require-hashes
+then checks every downloaded file against the lock.
 """
 
 from __future__ import annotations
@@ -15,10 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-
 INPUT_HASH = re.compile(r"^# input sha256: ([0-9a-f]{64})$", re.M)
+SEAL = re.compile(r"^# lock sha256: ([0-9a-f]{64})\n", re.M)
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", re.M)
 
 
@@ -45,11 +47,41 @@ def compile_lock(source: Path, lock: Path) -> None:
     ]
     subprocess.run(command, check=True)
     lock.write_text(f"# input sha256: {input_hash(source)}\n" + lock.read_text())
+    seal(lock)
+
+
+def _sealed_body(text: str) -> str:
+    return SEAL.sub("", text, count=1)
+
+
+def seal(lock: Path) -> None:
+    body = _sealed_body(lock.read_text())
+    lock.write_text(f"# lock sha256: {hashlib.sha256(body.encode()).hexdigest()}\n{body}")
+
+
+def verify(lock: Path) -> str | None:
+    """The problem with the lock's seal, or None."""
+    try:
+        text = lock.read_text()
+    except OSError as exc:
+        return f"cannot read {lock} ({exc.strerror})"
+    recorded = SEAL.search(text)
+    if not recorded:
+        return f"{lock} has no '# lock sha256:' seal: regenerate it (make lock / make lock-images)"
+    if recorded.group(1) != hashlib.sha256(_sealed_body(text).encode()).hexdigest():
+        return (
+            f"{lock} was changed after it was generated (its sealed sha256 no longer matches; a pin or hash was edited): "
+            f"restore it (git checkout -- {lock}) or regenerate it (make lock / make lock-images)"
+        )
+    return None
 
 
 def check_lock(source: Path, lock: Path) -> list[str]:
+    from packaging.requirements import Requirement  # here, so that verify needs nothing outside the stdlib
+    from packaging.utils import canonicalize_name
+
     text = lock.read_text()
-    problems = []
+    problems = [problem] if (problem := verify(lock)) else []
     recorded = INPUT_HASH.search(text)
     if not recorded or recorded.group(1) != input_hash(source):
         problems.append(f"{source} changed since {lock} was compiled")
@@ -72,11 +104,21 @@ def check_lock(source: Path, lock: Path) -> list[str]:
 
 
 def main() -> int:
-    command, source, lock = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    command, *paths = sys.argv[1:]
     if command == "compile":
-        compile_lock(source, lock)
-        print(f"wrote {lock}")
+        compile_lock(Path(paths[0]), Path(paths[1]))
+        print(f"wrote {paths[1]}")
         return 0
+    if command == "seal":
+        for path in paths:
+            seal(Path(path))
+        return 0
+    if command == "verify":
+        problems = [problem for path in paths if (problem := verify(Path(path)))]
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1 if problems else 0
+    source, lock = Path(paths[0]), Path(paths[1])
     problems = check_lock(source, lock)
     for problem in problems:
         print(f"error: {problem}: run `make lock`", file=sys.stderr)

@@ -10,9 +10,9 @@ import torch
 from eurosat.sample import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--model", "resnet10t", "--batch-size", "16", "--workers", "0"]
+SMALL = ["--model", "resnet10t", "--batch-size", "16"]
 # 540 sample images with a 25% validation share: 135, odd, so a padding sampler on 2 ranks would count 136
-DDP_ARGS = ["--epochs", "1", "--batch-size", "32", "--model", "resnet10t", "--workers", "0", "--val-fraction", "0.25"]
+DDP_ARGS = ["--epochs", "1", "--batch-size", "32", "--model", "resnet10t", "--val-fraction", "0.25"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -69,7 +69,7 @@ def check_resume_equals_uninterrupted(project: str, full_dir: Path, data: Path, 
     """Train 1 epoch, resume to 2: metrics and the weights (checkpoint[weights]) equal the 2-epoch run's."""
     run_project(project, "train", "--data", data, "--out", out, "--epochs", "1", *SMALL)
     half_dir = single_run_dir(out)
-    result = run_project(project, "train", "--resume", half_dir, "--epochs", "2", "--workers", "0")
+    result = run_project(project, "train", "--resume", half_dir, "--epochs", "2")
     assert "Epoch 2/2" in result.stdout and "Epoch 1/2" not in result.stdout  # continued at the next epoch
     assert without_timings(read_metrics(half_dir)) == without_timings(read_metrics(full_dir))
     resumed = torch.load(half_dir / "last.ckpt", weights_only=False)[weights]

@@ -63,7 +63,7 @@ def test_make_data_sample_then_train(tmp_path):
         "RUNNER=local",
         "PROJECT=eurosat-lightning",
         f"DATA={data}",
-        f"ARGS=--epochs 1 --model resnet10t --batch-size 64 --workers 0 --out {tmp_path / 'runs'}",
+        f"ARGS=--epochs 1 --model resnet10t --batch-size 64 --out {tmp_path / 'runs'}",
     )
     assert "Epoch 1/1 loss" in result.stdout
     assert list((tmp_path / "runs").glob("*/last.ckpt"))

@@ -35,10 +35,8 @@ def test_deterministic_runs_repeat_to_the_bit(project, weights, sample_dir, tmp_
             "resnet10t",
             "--batch-size",
             "32",
-            "--workers",
-            "2",
             "--deterministic",
-        )  # workers: their seeding counts too
+        )
         runs.append(single_run_dir(tmp_path / name))
     first, second = runs
     assert without_timings(read_metrics(first)) == without_timings(read_metrics(second))
@@ -55,7 +53,7 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_last_is_corrupt(p
     last = run_dir / "last.ckpt"
     assert (run_dir / "last.prev.ckpt").is_file()  # the epoch-1 checkpoint, kept when epoch 2's was written
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a crash mid-copy, a full disk...
-    result = run_project(project, "train", "--resume", run_dir, "--epochs", "3", "--workers", "0")
+    result = run_project(project, "train", "--resume", run_dir, "--epochs", "3")
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and str(last) in warnings[0] and "last.prev.ckpt" in warnings[0]
     assert "Epoch 2/3" in result.stdout and "Epoch 3/3" in result.stdout  # epoch 2 is trained again

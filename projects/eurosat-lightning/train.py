@@ -20,13 +20,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
-from torch.utils.data import DataLoader, DistributedSampler
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from eurosat.cache import prepare
 from eurosat.cli import build_parser, parse_args, run_cli
-from eurosat.datasets import DATA_KEYS, ShardSampler, load_configured_splits, to_input
+from eurosat.datasets import DATA_KEYS, BatchLoader, load_configured_splits, resident_device, to_input
 from eurosat.errors import UserError
 from eurosat.inference import evaluate_command, predict_command
 from eurosat.models import build_model, check_model_name
@@ -40,7 +39,7 @@ from eurosat.runs import (
     save_checkpoint,
     write_json,
 )
-from eurosat.training import resolve_device, seed_worker
+from eurosat.training import autocast_dtype, resolve_device
 
 PROJECT = "eurosat-lightning"
 RUN_DIR_ENV = "EUROSAT_RUN_DIR"  # hands the run directory to the processes Lightning's DDP launcher starts
@@ -49,9 +48,11 @@ PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": 
 
 
 class EuroSATDataModule(pl.LightningDataModule):
-    def __init__(self, data_config: dict, batch_size: int, workers: int, seed: int):
+    """Batches cut straight out of the cached array (eurosat.datasets.BatchLoader), held on the GPU when it fits."""
+
+    def __init__(self, data_config: dict, batch_size: int, seed: int, data_on: str = "auto"):
         super().__init__()
-        self.data_config, self.batch_size, self.workers, self.seed = data_config, batch_size, workers, seed
+        self.data_config, self.batch_size, self.seed, self.data_on = data_config, batch_size, seed, data_on
         self.data = None
 
     def prepare_data(self):  # once per node: decode the images into the cache
@@ -60,24 +61,25 @@ class EuroSATDataModule(pl.LightningDataModule):
     def setup(self, stage=None):
         self.data = load_configured_splits(self.data_config, progress=False)
 
-    def _loader(self, dataset, sampler):
-        return DataLoader(
-            dataset,
-            sampler=sampler,
-            batch_size=max(1, self.batch_size // self.trainer.world_size),
-            num_workers=self.workers,
-            persistent_workers=self.workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(self.seed),
+    def _loader(self, subset, shuffle: bool) -> BatchLoader:
+        trainer = self.trainer
+        device = trainer.strategy.root_device
+        return BatchLoader(
+            subset,
+            max(1, self.batch_size // trainer.world_size),
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            device=resident_device(subset, device, self.data_on),
+            pin_memory=device.type == "cuda",
         )
 
-    def train_dataloader(self):
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        return self._loader(self.data.train, DistributedSampler(self.data.train, world, rank, shuffle=True, seed=self.seed))
+    def train_dataloader(self):  # padded shards, reshuffled each epoch by EuroSATClassifier.on_train_epoch_start
+        return self._loader(self.data.train, shuffle=True)
 
     def val_dataloader(self):  # unpadded shards: every validation image is counted exactly once
-        return self._loader(self.data.val, ShardSampler(len(self.data.val), self.trainer.global_rank, self.trainer.world_size))
+        return self._loader(self.data.val, shuffle=False)
 
 
 class EuroSATClassifier(pl.LightningModule):
@@ -101,6 +103,9 @@ class EuroSATClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(len(classes), average="micro")
         self.val_acc = MulticlassAccuracy(len(classes), average="micro")
         self.val_samples = SumMetric()
+
+    def on_train_epoch_start(self):
+        self.trainer.train_dataloader.set_epoch(self.current_epoch)
 
     def forward(self, images):
         return self.model(to_input(images, self.hparams.scale, self.device))
@@ -160,7 +165,7 @@ class RunRecorder(pl.Callback):
         if not trainer.is_global_zero:
             return
         logged = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        train_images = len(trainer.train_dataloader.sampler) * trainer.world_size
+        train_images = trainer.train_dataloader.samples * trainer.world_size
         record = {
             "epoch": trainer.current_epoch + 1,
             "loss": logged["loss_epoch"],
@@ -199,17 +204,17 @@ def run_directory(config: dict, resumed: tuple[Path, Path] | None) -> tuple[Path
 def train(args) -> list[dict]:
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     resumed = resolve_resume(args.resume) if args.resume else None
-    if resumed:  # the run's own settings, with the new --epochs, --workers, --device, --devices
+    if resumed:  # the run's own settings, with the new --epochs, --device, --devices, --data-on
         run_dir = resumed[0]
         try:
             saved = json.loads((run_dir / "config.json").read_text())
         except (OSError, ValueError):
             raise UserError(f"--resume {args.resume}: {run_dir / 'config.json'} is missing or unreadable") from None
-        config = {**saved, **{key: config[key] for key in ("epochs", "workers", "device", "devices", "resume")}}
+        config = {**saved, **{key: config[key] for key in ("epochs", "device", "devices", "data_on", "resume")}}
     check_model_name(config["model"])
     device = resolve_device(config["device"])
     data_config = {key: config[key] for key in DATA_KEYS}
-    datamodule = EuroSATDataModule(data_config, config["batch_size"], config["workers"], config["seed"])
+    datamodule = EuroSATDataModule(data_config, config["batch_size"], config["seed"], config["data_on"])
     datamodule.prepare_data()
     datamodule.setup()
     pl.seed_everything(config["seed"], verbose=False)
@@ -228,7 +233,7 @@ def train(args) -> list[dict]:
     run_dir, ckpt_path = run_directory(config, resumed)
     precision = config["precision"]
     if precision == "auto":
-        precision = "16-mixed" if device.type == "cuda" else "32-true"
+        precision = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed", None: "32-true"}[autocast_dtype("auto", device)]
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=config["devices"],
@@ -301,21 +306,26 @@ def devices_flag(text: str):
     return int(text) if text.isdigit() else text
 
 
-def main(argv=None):
+def make_parser():
+    """The shared flags plus this project's own (make reproduce reads them too)."""
     parser, commands = build_parser(__doc__, PROJECT)
     train_parser = commands["train"]
     train_parser.add_argument(
         "--precision",
         choices=("auto", "32-true", "16-mixed", "bf16-mixed"),
         default="auto",
-        help="auto: 16-mixed on GPU, 32-true on CPU (Lightning 2 spells precision=16 as 16-mixed)",
+        help="auto: bf16-mixed on GPUs that support it, else 16-mixed; bf16-mixed on CPUs with native bf16, else 32-true",
     )
     train_parser.add_argument("--devices", type=devices_flag, default=1, help="devices per node: a count or 'auto' (default: 1)")
     train_parser.add_argument(
         "--strategy", default="auto", help="auto, ddp (data-parallel; Lightning 2 removed dp), ddp_spawn, ... (default: auto)"
     )
     train_parser.add_argument("--profiler", choices=sorted(PROFILERS), help="write a profiler report into the run directory")
-    args = parse_args(parser, argv)
+    return parser, commands
+
+
+def main(argv=None):
+    args = parse_args(make_parser()[0], argv)
     return {"train": train, "evaluate": evaluate_checkpoint, "predict": predict_checkpoint}[args.command](args)
 
 

@@ -47,9 +47,6 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     train.add_argument("--epochs", type=non_negative_int, default=3)
     train.add_argument("--batch-size", type=positive_int, default=1024, help="global batch size (default: %(default)s)")
     train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    train.add_argument(
-        "--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help="DataLoader workers per process"
-    )
     train.add_argument("--model", default="tf_efficientnet_b5", help="timm model name (default: %(default)s)")
     train.add_argument("--bands", default="rgb", help="rgb (channels 3,2,1), all, or channel numbers like 3,2,1")
     train.add_argument("--seed", type=int, default=42, help="training seed (default: %(default)s)")
@@ -61,8 +58,12 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     train.add_argument("--resume", type=Path, metavar="RUN", help="continue a run from RUN/last.ckpt (RUN or a .ckpt)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument(
-        "--deterministic", action="store_true", help="deterministic algorithms and seeded workers: runs repeat to the bit"
+        "--data-on",
+        choices=("auto", "device", "host"),
+        default="auto",
+        help="where the decoded images live while training; auto: on the GPU when they take under a quarter of its free memory",
     )
+    train.add_argument("--deterministic", action="store_true", help="deterministic algorithms: runs repeat to the bit")
 
     evaluate = commands.add_parser("evaluate", help="validation loss and accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", type=Path)

@@ -1,61 +1,123 @@
-"""Torch datasets over the cached array; scaling happens on the device, batch by batch."""
+"""Batches cut straight out of the cached array; scaling happens on the device, batch by batch."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
 
 from eurosat.cache import CachedImages, prepare
 from eurosat.split import stratified_split
 
 
-class CachedDataset(Dataset):
-    """(raw integer image CHW, label) for a subset of the cache; workers re-open the memmap, never copy it."""
+@dataclass(frozen=True)
+class CachedSubset:
+    """Some rows of the cache (a split): their raw integer images (N, C, H, W) and labels."""
 
-    def __init__(self, npy: Path, labels: np.ndarray, indices: np.ndarray):
-        self.npy, self.labels, self.indices = Path(npy), labels, np.asarray(indices)
-        self._images = None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        if self._images is None:
-            self._images = np.load(self.npy, mmap_mode="r")
-        j = self.indices[i]
-        return torch.from_numpy(np.array(self._images[j])), int(self.labels[j])
-
-    def __getstate__(self):
-        return {**self.__dict__, "_images": None}
-
-
-class ShardSampler(Sampler):
-    """Every rank takes indices rank, rank + world, ... without padding, so each sample is counted once."""
-
-    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
-        self.indices = range(rank, length, world_size)
+    cache: CachedImages
+    rows: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.rows)
+
+    def images(self) -> np.ndarray:
+        return self.cache.images[self.rows]  # one read of the memmap, in row order
+
+    def labels(self) -> torch.Tensor:
+        return torch.from_numpy(self.cache.labels[self.rows])
+
+
+class BatchLoader:
+    """Yields (raw images, labels) batches by one gather each from the split held in memory: no per-image
+    Python, no collate, no worker processes. On a GPU the split can live on the device, so a batch never
+    crosses the PCIe bus.
+
+    shuffle=True orders and shards like DistributedSampler (a permutation seeded by seed + epoch, padded so
+    every rank takes the same number of steps); shuffle=False takes unpadded strided shards, so each
+    validation image is counted exactly once across ranks. set_epoch(epoch, skip_batches) starts an epoch
+    part way through, for resuming from a mid-epoch checkpoint.
+    """
+
+    def __init__(
+        self,
+        subset: CachedSubset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+        pin_memory: bool = False,
+    ):
+        self.batch_size, self.shuffle, self.seed, self.rank, self.world_size = batch_size, shuffle, seed, rank, world_size
+        self.device = device or torch.device("cpu")
+        self.images = as_tensor(subset.images()).to(self.device)
+        self.labels = subset.labels().to(self.device)
+        self.pin_memory = pin_memory and self.device.type == "cpu"
+        self.epoch = self.skip_batches = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def order(self) -> torch.Tensor:
+        """This rank's sample positions for the current epoch."""
+        size = len(self.labels)
+        if not self.shuffle:
+            return torch.arange(self.rank, size, self.world_size)
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        total = math.ceil(size / self.world_size) * self.world_size
+        return order.repeat(math.ceil(total / size))[:total][self.rank : total : self.world_size]
+
+    @property
+    def samples(self) -> int:
+        """Samples this rank takes per epoch, padding included."""
+        size = len(self.labels)
+        return math.ceil(size / self.world_size) if self.shuffle else len(range(self.rank, size, self.world_size))
+
+    def __len__(self) -> int:
+        return math.ceil(self.samples / self.batch_size)
 
     def __iter__(self):
-        return iter(self.indices)
+        order = self.order().to(self.device)
+        for start in range(self.skip_batches * self.batch_size, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            images = self.images[batch]
+            yield (images.pin_memory() if self.pin_memory else images), self.labels[batch]
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """Raw images as a tensor; uint16 travels as int16 with the same bits (few CUDA kernels take uint16)."""
+    return torch.from_numpy(images.view(np.int16) if images.dtype == np.uint16 else images)
 
 
 def to_input(images: torch.Tensor, scale: float, device: torch.device, channels_last: bool = True) -> torch.Tensor:
     """Raw digital numbers -> float in [0, 1] on the device (the articles' /4000 and clip)."""
-    x = images.to(device, non_blocking=True).float().div_(scale).clamp_(0, 1)
+    x = images.to(device, non_blocking=True)
+    if x.dtype == torch.int16:  # uint16 bits, see as_tensor
+        x = x.int().bitwise_and_(0xFFFF)
+    x = x.float().div_(scale).clamp_(0, 1)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def resident_device(subset: CachedSubset, device: torch.device, choice: str = "auto") -> torch.device | None:
+    """Where a split's images live during training: on the GPU when they take under a quarter of its free memory
+    (--data-on auto), else in host memory (None)."""
+    if device.type != "cuda" or choice == "host":
+        return None
+    if choice == "device":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if subset.cache.images[:1].nbytes * len(subset) < free / 4 else None
 
 
 @dataclass(frozen=True)
 class EuroSATSplits:
-    train: CachedDataset
-    val: CachedDataset
+    train: CachedSubset
+    val: CachedSubset
     classes: tuple[str, ...]
     bands: tuple[int, ...]
     scale: float
@@ -78,8 +140,8 @@ def load_splits(
     cache: CachedImages = prepare(data_dir, bands, cache_dir, progress)
     train_idx, val_idx = stratified_split(cache.labels, val_fraction, seed)
     return EuroSATSplits(
-        train=CachedDataset(cache.path, cache.labels, train_idx),
-        val=CachedDataset(cache.path, cache.labels, val_idx),
+        train=CachedSubset(cache, np.asarray(train_idx)),
+        val=CachedSubset(cache, np.asarray(val_idx)),
         classes=cache.classes,
         bands=cache.bands,
         scale=cache.scale,

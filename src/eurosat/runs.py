@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -52,12 +53,15 @@ def resolve_resume(path: Path) -> tuple[Path, Path]:
 
     A truncated or corrupt checkpoint is reported in one line and the previous good one is used instead."""
     checkpoint = path / "last.ckpt" if path.is_dir() else path
+    previous = previous_checkpoint(checkpoint)
+    if not checkpoint.is_file() and previous.is_file():  # killed between the two renames of save_checkpoint
+        print(f"warning: {checkpoint} is missing; resuming from the previous checkpoint {previous}", file=sys.stderr)
+        checkpoint = previous
     if not checkpoint.is_file():
         raise UserError(f"--resume {path}: no checkpoint at {checkpoint}")
     try:
         load_checkpoint(checkpoint)
     except UserError as problem:
-        previous = previous_checkpoint(checkpoint)
         try:
             load_checkpoint(previous)
         except UserError:
@@ -67,26 +71,41 @@ def resolve_resume(path: Path) -> tuple[Path, Path]:
     return checkpoint.parent, checkpoint
 
 
-def _write_atomically(path: Path, write) -> None:
+def _write_atomically(path: Path, write, before_replace=None) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace:
+            before_replace()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(state: dict, path: Path, keep_previous: bool = False) -> None:
-    """torch.save that never leaves a half-written file behind (temporary file, fsync, rename).
+    """torch.save that never leaves a half-written file behind (temporary file, fsync, rename). A failed write
+    (disk full, directory no longer writable) leaves the previous checkpoint in place and raises one clear line.
 
-    keep_previous moves the checkpoint it replaces to last.prev.ckpt first, for resume to fall back on."""
+    keep_previous moves the checkpoint it replaces to last.prev.ckpt, for resume to fall back on."""
     path = Path(path)
-    if keep_previous and path.exists():
-        os.replace(path, previous_checkpoint(path))
-    _write_atomically(path, lambda handle: torch.save(state, handle))
+
+    def keep():
+        if keep_previous and path.exists():
+            os.replace(path, previous_checkpoint(path))
+
+    buffer = io.BytesIO()  # serialised first, so that a failing write surfaces as the OSError it is
+    torch.save(state, buffer)
+    try:
+        _write_atomically(path, lambda handle: handle.write(buffer.getbuffer()), keep)
+    except OSError as exc:
+        kept = f"{path} still holds the previous checkpoint" if path.exists() else "no checkpoint was written yet"
+        raise UserError(
+            f"cannot write checkpoint {path} ({exc.strerror or exc}): free disk space or make {path.parent} writable, "
+            f"then continue with --resume {path.parent}; {kept}"
+        ) from None
 
 
 def write_json(path: Path, data) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +20,25 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 convolutions then run faster than fp32 (emulated bf16 runs slower)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    """--precision as an autocast dtype (None: fp32). auto: bf16 on GPUs that have it (no gradient scaler
+    needed), else fp16 (with one); on the CPU bf16 where it is native, else fp32."""
+    if choice == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -30,13 +50,6 @@ def make_deterministic() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: numpy and random follow the worker's torch seed, which the loader's generator sets."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def rng_state() -> dict:

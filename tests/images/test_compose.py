@@ -114,6 +114,24 @@ def test_changing_the_jupyter_lock_rebuilds_only_that_layer(built_images):
         make("image-jupyter")
 
 
+def test_a_tampered_hash_in_an_image_lock_fails_the_build(built_images):
+    from test_lock import tamper_first_hash
+
+    lock = REPO / "images" / "jupyter" / "requirements.lock"
+    original = lock.read_text()
+    before = image_id("jupyter")
+    tampered, package = tamper_first_hash(original)
+    try:
+        lock.write_text(tampered)
+        result = make("image-jupyter", check=False)
+    finally:
+        lock.write_text(original)
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE" in log and package in log
+    assert image_id("jupyter") == before  # the previous image stays in place
+
+
 def test_compose_files_validate(built_images):
     env = {**os.environ, "REPO_DIR": str(REPO), "DATA_DIR": str(REPO / "data"), "CACHE_DIR": str(REPO / ".cache")}
     compose = str(REPO / ".venv" / "bin" / "compose-v2")  # the binary itself: its Python wrapper drops exit codes

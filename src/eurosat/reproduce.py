@@ -1,0 +1,137 @@
+"""make reproduce RUN=runs/<project>/<run-id>: train a recorded run again from its config.json and compare.
+
+Every difference between the recorded provenance and today's (git commit, lockfile, container image, library
+versions, hardware) is printed as a warning, then the recorded and the new metrics side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from eurosat.cli import ArgumentParser, run_cli
+from eurosat.errors import UserError
+from eurosat.projects import load_project, train_script
+from eurosat.runs import REPO_ROOT
+
+NOT_REPLAYED = {"help", "command", "resume", "out", "profile", "profiler"}  # where, not what, a run trains
+COMPARED = {
+    "git commit": ("git", "commit"),
+    "git working tree dirty": ("git", "dirty"),
+    "lockfile sha256": ("lockfile", "sha256"),
+    "container image id": ("container", "image_id"),
+    "python": ("versions", "python"),
+    "torch": ("versions", "torch"),
+    "CUDA": ("versions", "cuda"),
+    "cuDNN": ("versions", "cudnn"),
+    "timm": ("versions", "timm"),
+    "pytorch_lightning": ("versions", "pytorch_lightning"),
+    "numpy": ("versions", "numpy"),
+    "device": ("hardware", "device"),
+    "GPUs": ("hardware", "gpus"),
+    "GPU driver": ("hardware", "driver"),
+    "CPUs": ("hardware", "cpus"),
+    "platform": ("hardware", "platform"),
+    "processes": ("hardware", "world_size"),
+}
+METRICS = ("loss", "acc", "val_loss", "val_acc")
+
+
+def read_run(run_dir: Path) -> tuple[dict, dict, list[dict]]:
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        provenance = json.loads((run_dir / "provenance.json").read_text())
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"RUN={run_dir} is not a complete run directory ({exc}): pass runs/<project>/<run-id>") from None
+    return config, provenance, metrics
+
+
+def project_of(provenance: dict) -> str:
+    for part in provenance.get("command", []):
+        if match := re.search(r"projects/([^/]+)/train\.py$", part):
+            return match[1]
+    raise UserError(f"cannot tell which project wrote this run from its command {provenance.get('command')}")
+
+
+def train_arguments(project: str, config: dict) -> list[str]:
+    """The `train` command line that gives this config: every flag of the project's train parser."""
+    _, commands = load_project(project).make_parser()
+    argv = ["train"]
+    for action in commands["train"]._actions:
+        if action.dest in NOT_REPLAYED or action.dest not in config or not action.option_strings:
+            continue
+        value, flag = config[action.dest], action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def differences(recorded: dict, new: dict) -> list[str]:
+    lines = []
+    for name, (section, key) in COMPARED.items():
+        before, now = recorded.get(section, {}).get(key), new.get(section, {}).get(key)
+        if before != now:
+            lines.append(f"warning: {name} differs: recorded {before}, now {now}")
+    return lines
+
+
+def metrics_table(recorded: list[dict], new: list[dict]) -> tuple[list[str], int, float]:
+    lines = [f"{'epoch':>5}  {'metric':<8}  {'recorded':>10}  {'reproduced':>10}  {'difference':>10}"]
+    differing, largest = 0, 0.0
+    for epoch in range(max(len(recorded), len(new))):
+        for metric in METRICS:
+            before = recorded[epoch][metric] if epoch < len(recorded) else None
+            now = new[epoch][metric] if epoch < len(new) else None
+            gap = abs(before - now) if before is not None and now is not None else float("inf")
+            differing += gap != 0
+            largest = max(largest, gap)
+            show = lambda v: "-" if v is None else f"{v:.6f}"  # noqa: E731
+            lines.append(f"{epoch + 1:>5}  {metric:<8}  {show(before):>10}  {show(now):>10}  {gap:>10.2e}")
+    return lines, differing, largest
+
+
+def reproduce(run_dir: Path) -> int:
+    """Reruns RUN; returns the number of metric values that differ from the recorded ones."""
+    config, recorded_provenance, recorded_metrics = read_run(run_dir)
+    project = project_of(recorded_provenance)
+    out = run_dir.parent
+    before = set(out.iterdir())
+    command = [sys.executable, str(train_script(project)), *train_arguments(project, config), "--out", str(out)]
+    world_size = int(config.get("world_size", 1))
+    if world_size > 1 and project == "eurosat-amp":  # Lightning starts its own processes from --devices
+        command[:1] = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}"]
+    print("reproducing with:", " ".join(command), flush=True)
+    if subprocess.run(command, cwd=REPO_ROOT).returncode:
+        raise UserError(f"the rerun of {run_dir} failed (see above)")
+    (new_dir,) = set(out.iterdir()) - before
+    _, new_provenance, new_metrics = read_run(new_dir)
+    print(f"\nrecorded run {run_dir}\nnew run      {new_dir}")
+    warnings = differences(recorded_provenance, new_provenance)
+    print("\n".join(warnings) or "same git commit, lockfile, container image, library versions and hardware")
+    table, differing, largest = metrics_table(recorded_metrics, new_metrics)
+    print("\n".join(["", *table, ""]))
+    if differing:
+        print(f"metrics: {differing} value(s) differ from the recorded run, by up to {largest:.3g}")
+    else:
+        print("metrics: identical to the recorded run (timings excepted)")
+    return differing
+
+
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, metavar="RUN", help="a run directory, runs/<project>/<run-id>")
+    args = parser.parse_args(argv)
+    if not args.run.is_dir():
+        raise UserError(f"RUN={args.run}: no such run directory; pass RUN=runs/<project>/<run-id>")
+    reproduce(args.run.resolve())
+
+
+if __name__ == "__main__":
+    run_cli(main)

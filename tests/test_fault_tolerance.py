@@ -1,0 +1,128 @@
+"""Killed, stopped or out of space mid-training, eurosat-amp resumes to the same result as an uninterrupted run.
+
+Real training processes, real signals (SIGKILL, SIGTERM, SIGINT) and a real kernel limit on file size
+(RLIMIT_FSIZE set on the running process, which makes the next checkpoint write fail the way a full disk does).
+"""
+
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO, read_metrics, run_project, single_run_dir, without_timings
+
+pytestmark = pytest.mark.slow
+PROJECT = "eurosat-amp"
+# 432 training images at batch 16: 27 steps an epoch, a checkpoint every 4 of them
+ARGS = ["--model", "resnet10t", "--batch-size", "16", "--epochs", "3", "--deterministic", "--checkpoint-every", "4"]
+
+
+def start(*args) -> subprocess.Popen:
+    command = [sys.executable, REPO / "projects" / PROJECT / "train.py", *args]
+    return subprocess.Popen([str(c) for c in command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"training ended before the kill point:\n{process.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "kill point never reached"
+        time.sleep(0.02)
+
+
+def wait_until_training(process: subprocess.Popen) -> None:
+    """Until the `run ...` line: data loaded, checkpoint restored, the first step next."""
+    wait_for(lambda: process.stdout.readline().startswith("run "), process)
+
+
+def checkpoint_position(path) -> tuple[int, int]:
+    checkpoint = torch.load(path, weights_only=False)
+    return checkpoint["epoch"], checkpoint["step"]
+
+
+def weights(run_dir) -> dict:
+    return torch.load(run_dir / "last.ckpt", weights_only=False)["model"]
+
+
+def assert_same_run(run_dir, reference) -> None:
+    history = read_metrics(run_dir)
+    assert [r["epoch"] for r in history] == [1, 2, 3]  # no duplicated or missing epoch lines
+    assert without_timings(history) == without_timings(read_metrics(reference))
+    resumed, uninterrupted = weights(run_dir), weights(reference)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(sample_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_project(PROJECT, "train", "--data", sample_dir, "--out", out, *ARGS)
+    return single_run_dir(out)
+
+
+def test_kill_9_at_several_points_then_resume_equals_uninterrupted(sample_dir, tmp_path, uninterrupted):
+    rng = random.Random()
+    seed = rng.randrange(10**6)
+    rng.seed(seed)
+    print(f"kill delays drawn with seed {seed}")
+    out = tmp_path / "runs"
+    process = start("train", "--data", sample_dir, "--out", out, *ARGS)
+    wait_for(lambda: out.exists() and any(out.glob("*/last.ckpt")), process)
+    run_dir = single_run_dir(out)
+    kill_points = [
+        lambda: True,  # just after the first mid-epoch checkpoint
+        lambda: (run_dir / "metrics.jsonl").exists() and len(read_metrics(run_dir)) >= 1,  # about an epoch end
+        lambda: (run_dir / "metrics.jsonl").exists() and len(read_metrics(run_dir)) >= 2,
+    ]
+    killed_at = []
+    for kill_point in kill_points:
+        wait_for(kill_point, process)
+        time.sleep(rng.uniform(0, 0.8))
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+        killed_at.append(checkpoint_position(run_dir / "last.ckpt"))
+        process = start("train", "--resume", run_dir, "--epochs", "3")
+        wait_until_training(process)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    print(f"last checkpoints (epoch, step) at the kills: {killed_at}")
+    assert any(step for _, step in killed_at)  # at least one kill came mid-epoch
+    assert_same_run(run_dir, uninterrupted)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stop_signal_writes_a_checkpoint_and_exits_cleanly(sample_dir, tmp_path, uninterrupted, signum, status):
+    process = start("train", "--data", sample_dir, "--out", tmp_path, *ARGS)
+    wait_for(lambda: any(tmp_path.glob("*/last.ckpt")), process)  # step 4 of 27 in epoch 1
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    run_dir = single_run_dir(tmp_path)
+    assert process.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert f"stopped by {signum.name} at epoch 1 step " in stderr
+    assert f"continue with --resume {run_dir}" in stderr
+    epoch, step = checkpoint_position(run_dir / "last.ckpt")
+    assert epoch == 0 and 0 < step < 27
+    run_project(PROJECT, "train", "--resume", run_dir, "--epochs", "3")
+    assert_same_run(run_dir, uninterrupted)
+
+
+def test_out_of_space_mid_training_keeps_the_previous_checkpoint(sample_dir, tmp_path, uninterrupted):
+    process = start("train", "--data", sample_dir, "--out", tmp_path, *ARGS)
+    wait_for(lambda: any(tmp_path.glob("*/last.ckpt")), process)
+    run_dir = single_run_dir(tmp_path)
+    size = (run_dir / "last.ckpt").stat().st_size
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (size // 2, size // 2))  # the next checkpoint cannot fit
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    (line,) = stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"error: cannot write checkpoint {run_dir / 'last.ckpt'} (File too large)"), stderr
+    assert "still holds the previous checkpoint" in line and "Traceback" not in stderr
+    epoch, step = checkpoint_position(run_dir / "last.ckpt")  # intact and loadable
+    assert step > 0
+    assert not list(run_dir.glob(".*.tmp-*"))  # no half-written file left behind
+    run_project(PROJECT, "train", "--resume", run_dir, "--epochs", "3")
+    assert_same_run(run_dir, uninterrupted)

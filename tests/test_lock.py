@@ -1,0 +1,42 @@
+"""Lock integrity: a hand-edited or corrupted hash stops `make venv` before anything is installed, and
+`make lock-check` names the damaged lock (the image build's own check is in tests/images/test_compose.py)."""
+
+import re
+import shutil
+import subprocess
+
+from conftest import REPO, run
+
+FILES = ("Makefile", "requirements.in", "requirements.lock", "pyproject.toml", "scripts/lock.py", "images/versions.env")
+
+
+def tamper_first_hash(text: str) -> tuple[str, str]:
+    """The lock with every hash of its first package changed, and that package's name."""
+    block = re.search(r"^([A-Za-z0-9_.\-]+)==.*?(?=^[A-Za-z0-9])", text, re.M | re.S)
+    changed = re.sub(r"sha256:([0-9a-f]{64})", lambda m: "sha256:" + m[1][::-1], block[0])
+    return text.replace(block[0], changed), block[1]
+
+
+def test_a_tampered_lock_stops_make_venv_before_anything_is_installed(tmp_path):
+    for name in FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(tamper_first_hash(lock.read_text())[0])
+    result = subprocess.run(["make", "venv"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "error: requirements.lock was changed after it was generated" in result.stderr
+    assert not (tmp_path / ".venv").exists()  # stopped before creating anything
+
+
+def test_make_lock_check_names_a_tampered_image_lock():
+    assert run("make", "lock-check").returncode == 0
+    lock = REPO / "images" / "lightning" / "requirements.lock"
+    original = lock.read_text()
+    try:
+        lock.write_text(tamper_first_hash(original)[0])
+        result = run("make", "lock-check", check=False)
+    finally:
+        lock.write_text(original)
+    assert result.returncode != 0
+    assert f"error: {lock.relative_to(REPO)} was changed after it was generated" in result.stderr

@@ -1,0 +1,48 @@
+"""make reproduce: a recorded run is trained again from its own files, differences are warned about, metrics compared."""
+
+import json
+
+import pytest
+from conftest import SMALL, run, run_project, single_run_dir
+
+pytestmark = pytest.mark.slow
+
+
+def test_make_reproduce_reruns_a_run_and_compares_it(sample_dir, tmp_path):
+    run_project("eurosat-amp", "train", "--data", sample_dir, "--out", tmp_path, "--epochs", "1", "--deterministic", *SMALL)
+    run_dir = single_run_dir(tmp_path)
+
+    result = run("make", "reproduce", f"RUN={run_dir}")
+    assert "same git commit, lockfile, container image, library versions and hardware" in result.stdout
+    assert "metrics: identical to the recorded run (timings excepted)" in result.stdout
+    assert [line.split()[:2] for line in result.stdout.splitlines() if line.strip().startswith("1  ")] == [
+        ["1", "loss"], ["1", "acc"], ["1", "val_loss"], ["1", "val_acc"]
+    ]  # fmt: skip
+    (new_dir,) = set(tmp_path.iterdir()) - {run_dir}
+    recorded, new = (json.loads((d / "config.json").read_text()) for d in (run_dir, new_dir))
+    assert {k: v for k, v in new.items() if k != "out"} == {k: v for k, v in recorded.items() if k != "out"}
+
+    # The same run as if recorded elsewhere: another commit, lock, torch and GPU, and one epoch's val_acc changed.
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    provenance["git"]["commit"] = "0" * 40
+    provenance["lockfile"]["sha256"] = "f" * 64
+    provenance["versions"]["torch"] = "2.0.0"
+    provenance["hardware"]["gpus"] = ["NVIDIA H100 80GB HBM3"]
+    (run_dir / "provenance.json").write_text(json.dumps(provenance))
+    metrics = json.loads((run_dir / "metrics.jsonl").read_text())
+    (run_dir / "metrics.jsonl").write_text(json.dumps({**metrics, "val_acc": metrics["val_acc"] + 0.25}) + "\n")
+
+    result = run("make", "reproduce", f"RUN={run_dir}")
+    assert f"warning: git commit differs: recorded {'0' * 40}, now " in result.stdout
+    assert f"warning: lockfile sha256 differs: recorded {'f' * 64}, now " in result.stdout
+    assert "warning: torch differs: recorded 2.0.0, now " in result.stdout
+    assert "warning: GPUs differs: recorded ['NVIDIA H100 80GB HBM3'], now []" in result.stdout
+    assert "metrics: 1 value(s) differ from the recorded run, by up to 0.25" in result.stdout
+
+
+def test_make_reproduce_without_a_run_says_what_to_pass(tmp_path):
+    result = run("make", "reproduce", check=False)
+    assert result.returncode == 2 and "error: pass RUN=runs/<project>/<run-id>" in result.stderr
+    result = run("make", "reproduce", f"RUN={tmp_path / 'nope'}", check=False)
+    assert result.returncode != 0 and f"error: RUN={tmp_path / 'nope'}: no such run directory" in result.stderr
+    assert "Traceback" not in result.stderr
