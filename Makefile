@@ -49,13 +49,14 @@ COMPOSE ?= $(if $(HAS_COMPOSE_PLUGIN),$(DOCKER) compose,$(abspath $(VENV))/bin/c
 COMPOSE_DEP = $(if $(HAS_COMPOSE_PLUGIN),,$(VENV_STAMP))
 RUNNER ?= $(if $(shell $(DOCKER) info --format '{{.ServerVersion}}' 2>/dev/null),docker,local)
 GPUS ?=
+NODES ?= 1
 CACHE_DIR ?= .cache/eurosat
 
 PROJECTS := $(sort $(patsubst projects/%/train.py,%,$(wildcard projects/*/train.py)))
 VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
-.PHONY: help venv bench reproduce train train-local train-docker data data-sample lock lock-check lint test test-images clean \
+.PHONY: help venv bench reproduce cluster-files train train-local train-docker data data-sample lock lock-check lint test test-images clean \
 	check-project check-docker images image-ngc lock-images pin push shell notebook execute down
 
 help: ## list the targets
@@ -143,6 +144,11 @@ lock-images: $(VENV_STAMP) check-docker ## regenerate each image layer's hashed 
 
 pin: check-docker ## re-resolve the base image tags in images/versions.env to digests (needs the registries)
 	DOCKER=$(DOCKER) scripts/pin.sh images/versions.env
+
+cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS) into build/cluster/
+	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, the registry the cluster pulls from (make push REGISTRY=... puts the images there)" >&2; exit 2; fi
+	$(VENV_PY) scripts/cluster/render.py --project $(PROJECT) --nodes $(NODES) --gpus $(or $(GPUS),1) \
+		--image $(REGISTRY)/$(IMAGE_FOR_$(PROJECT)):$(GIT_SHA) --args "$(ARGS)"
 
 push: check-docker ## push every image tag to REGISTRY=host/namespace
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, e.g. make push REGISTRY=ghcr.io/you" >&2; exit 2; fi

@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from eurosat.cache import prepare
-from eurosat.cli import build_parser, parse_args, run_cli
+from eurosat.cli import build_parser, parse_args, positive_int, run_cli
 from eurosat.datasets import DATA_KEYS, BatchLoader, load_configured_splits, resident_device, to_input
 from eurosat.errors import UserError
 from eurosat.inference import evaluate_command, predict_command
@@ -237,6 +237,7 @@ def train(args) -> list[dict]:
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=config["devices"],
+        num_nodes=config.get("num_nodes", 1),
         strategy=config["strategy"],
         precision=precision,
         max_epochs=config["epochs"],
@@ -317,6 +318,7 @@ def make_parser():
         help="auto: bf16-mixed on GPUs that support it, else 16-mixed; bf16-mixed on CPUs with native bf16, else 32-true",
     )
     train_parser.add_argument("--devices", type=devices_flag, default=1, help="devices per node: a count or 'auto' (default: 1)")
+    train_parser.add_argument("--num-nodes", type=positive_int, default=1, help="nodes, each with --devices (default: 1)")
     train_parser.add_argument(
         "--strategy", default="auto", help="auto, ddp (data-parallel; Lightning 2 removed dp), ddp_spawn, ... (default: auto)"
     )

@@ -1,0 +1,126 @@
+"""make cluster-files: the Slurm batch script and the Kubeflow PyTorchJob that run PROJECT on NODES x GPUS.
+
+    python scripts/cluster/render.py --project eurosat-amp --nodes 2 --gpus 8 --image REGISTRY/eurosat/torch-ngc:TAG
+
+Both run the same image and the same train.py with the same flags under torchrun: Slurm meets the nodes
+with the c10d rendezvous at the first node, Kubernetes with the master address the training operator sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import string
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from eurosat.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
+from eurosat.errors import UserError  # noqa: E402
+
+
+def train_arguments(project: str, nodes: int, gpus: int, extra: str) -> list[str]:
+    """The training flags; Lightning must be told the layout torchrun gives it."""
+    layout = ["--devices", str(gpus), "--num-nodes", str(nodes), "--strategy", "ddp"] if project == "eurosat-lightning" else []
+    return [*layout, *shlex.split(extra)]
+
+
+def slurm_script(args, train_args: list[str], name: str) -> str:
+    template = string.Template((HERE / "slurm.sbatch.in").read_text())
+    return template.substitute(
+        PROJECT=args.project,
+        NODES=args.nodes,
+        GPUS=args.gpus,
+        IMAGE=shlex.quote(args.image),
+        JOB_NAME=args.job_name,
+        CPUS_PER_NODE=args.cpus_per_node,
+        TIME_LIMIT=args.time_limit,
+        TRAIN_ARGS=shlex.join(train_args),
+        OUT_NAME=name,
+    )
+
+
+def pytorchjob(args, train_args: list[str]) -> dict:
+    launch = [
+        "--nnodes", str(args.nodes), "--nproc_per_node", str(args.gpus),
+        "--node_rank", "$(RANK)", "--master_addr", "$(MASTER_ADDR)", "--master_port", "$(MASTER_PORT)",
+        f"projects/{args.project}/train.py", "train", "--data", "/data", *train_args,
+    ]  # fmt: skip
+    volume = "workspace"  # a claim holding repo/ (a checkout), data/, runs/ and cache/
+
+    def mount(path: str, sub_path: str, read_only: bool = False) -> dict:
+        return {"name": volume, "mountPath": path, "subPath": sub_path, "readOnly": read_only}
+
+    container = {
+        "name": "pytorch",  # the training operator looks for this name
+        "image": args.image,
+        "imagePullPolicy": "IfNotPresent",
+        "workingDir": "/workspace",
+        "command": ["torchrun"],
+        "args": launch,
+        "env": [{"name": "PYTHONPATH", "value": "/workspace/src"}, {"name": "EUROSAT_CACHE_DIR", "value": "/cache"}],
+        "resources": {"limits": {"nvidia.com/gpu": str(args.gpus)}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False},
+        "volumeMounts": [
+            mount("/workspace", "repo", read_only=True),
+            mount("/workspace/runs", "runs"),
+            mount("/data", "data", read_only=True),
+            mount("/cache", "cache"),
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+    }
+    template = {
+        "spec": {
+            "containers": [container],
+            "volumes": [
+                {"name": volume, "persistentVolumeClaim": {"claimName": args.claim}},
+                {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            ],
+        }
+    }
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
+    if args.nodes > 1:
+        replicas["Worker"] = {"replicas": args.nodes - 1, "restartPolicy": "OnFailure", "template": template}
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": args.job_name, "labels": {"app.kubernetes.io/name": "eurosat", "eurosat/project": args.project}},
+        "spec": {"runPolicy": {"cleanPodPolicy": "None"}, "pytorchReplicaSpecs": replicas},
+    }
+
+
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--nodes", type=positive_int, default=1)
+    parser.add_argument("--gpus", type=positive_int, default=1, help="GPUs per node")
+    parser.add_argument("--image", required=True, help="the image in a registry the cluster can pull from")
+    parser.add_argument("--args", default="", help="training flags, as one string")
+    parser.add_argument("--job-name", help="default: PROJECT")
+    parser.add_argument("--cpus-per-node", type=positive_int, default=16)
+    parser.add_argument("--time-limit", default="04:00:00", help="Slurm --time")
+    parser.add_argument(
+        "--claim", default="eurosat-workspace", help="Kubernetes PersistentVolumeClaim with repo/ data/ runs/ cache/"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "cluster")
+    args = parser.parse_args(argv)
+    if not (REPO / "projects" / args.project / "train.py").is_file():
+        raise UserError(f"--project {args.project}: no projects/{args.project}/train.py")
+    args.job_name = args.job_name or args.project
+    train_args = train_arguments(args.project, args.nodes, args.gpus, args.args)
+    out = args.out / f"{args.project}-{args.nodes}x{args.gpus}"
+    out.mkdir(parents=True, exist_ok=True)
+    slurm, job = out / "slurm.sbatch", out / "pytorchjob.yaml"
+    slurm.write_text(slurm_script(args, train_args, slurm))
+    slurm.chmod(0o755)
+    job.write_text(yaml.safe_dump(pytorchjob(args, train_args), sort_keys=False))
+    print(f"wrote {slurm} (sbatch {slurm}) and {job} (kubectl apply -f {job})")
+
+
+if __name__ == "__main__":
+    run_cli(main)
