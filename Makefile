@@ -56,7 +56,7 @@ PROJECTS := $(sort $(patsubst projects/%/train.py,%,$(wildcard projects/*/train.
 VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
-.PHONY: help venv bench reproduce cluster-files train train-local train-docker data data-sample lock lock-check lint test test-images clean \
+.PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-images clean \
 	check-project check-docker images image-ngc lock-images pin push shell notebook execute down
 
 help: ## list the targets
@@ -89,6 +89,11 @@ train-docker: check-project check-docker $(COMPOSE_DEP)
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest >/dev/null 2>&1 || $(MAKE) image-$(IMAGE_FOR_$(PROJECT))
 	@$(call compose_env) scripts/compose.sh run --rm train \
 		python3 $(if $(GPUS),-m torch.distributed.run --standalone --nproc_per_node $(GPUS)) projects/$(PROJECT)/train.py train --data /data $(ARGS)
+
+train-nodes: check-project check-docker $(COMPOSE_DEP) ## train PROJECT on two containers acting as two nodes (torchrun c10d rendezvous, ARGS, GPUS per node)
+	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
+	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest >/dev/null 2>&1 || $(MAKE) image-$(IMAGE_FOR_$(PROJECT))
+	@$(call compose_env) PROJECT=$(PROJECT) TRAIN_ARGS="$(ARGS)" NPROC_PER_NODE=$(or $(GPUS),1) scripts/train-nodes.sh
 
 data: $(VENV_STAMP) ## download EuroSAT into DATA (VARIANT=ms: 13-band TIFF, 2 GB; VARIANT=rgb: JPEG)
 	$(VENV_PY) -m eurosat.download --variant $(VARIANT) --out $(DATA)

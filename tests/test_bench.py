@@ -23,6 +23,11 @@ def test_bench_measures_baseline_and_project_side_by_side(sample_dir, tmp_path):
         "0",
         "--model-only-steps",
         "2",
+        "--accuracy-epochs",
+        "1",
+        "--no-compile",
+        "--repeats",
+        "1",
         "--out",
         tmp_path,
     )
@@ -36,5 +41,15 @@ def test_bench_measures_baseline_and_project_side_by_side(sample_dir, tmp_path):
     for side in ("baseline", "project"):
         assert training[side]["images_per_s"] > 0 and 0 <= training[side]["data_wait_share"] < 1
     assert result["model_only_images_per_s"] > 0
+    ablation = result["ablation"]
+    assert list(ablation)[0] == "project path (the default)" and ablation["project path (the default)"] == training["project"]
+    assert {"NCHW, not channels_last", "fp32, no autocast", "a host sync (.item()) every step, not every 10"} <= set(ablation)
+    assert all(row["images_per_s"] > 0 for row in ablation.values())
+    accuracy = result["time_to_accuracy"]
+    for side in ("baseline", "project"):
+        (epoch,) = accuracy[side]["epochs"]
+        assert epoch["epoch"] == 1 and 0 <= epoch["val_acc"] <= 1 and epoch["seconds"] > accuracy[side]["startup_seconds"] > 0
     table = result_file.with_suffix(".md").read_text()
     assert "| training end to end, images/s |" in table and "432 train images" in table
+    assert "| NCHW, not channels_last |" in table and "| val_acc after epoch 1 |" in table
+    assert result_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

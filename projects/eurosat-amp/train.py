@@ -158,8 +158,9 @@ def train_one_epoch(
     return totals
 
 
-def make_optimizer(model, lr: float, fused: bool = True):
-    """Adam; fused: one kernel for all parameters (CUDA and CPU); else PyTorch's default implementation."""
+def make_optimizer(model, lr: float, device: torch.device, fused: bool | None = None):
+    """Adam, fused (one kernel for all parameters) on GPUs; on the CPU PyTorch's default measured faster."""
+    fused = device.type == "cuda" if fused is None else fused
     return torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
 
 
@@ -229,7 +230,7 @@ def _train(args, proc: Process, stop: StopRequest) -> list[dict]:
     model = DistributedDataParallel(core) if proc.world_size > 1 else core
     if config.get("compile"):
         model = torch.compile(model)
-    optimizer = make_optimizer(core, config["lr"])
+    optimizer = make_optimizer(core, config["lr"], proc.device)
     amp_dtype = autocast_dtype(config["precision"], proc.device)
     scaler = torch.amp.GradScaler(proc.device.type, enabled=amp_dtype == torch.float16)
 
@@ -255,7 +256,7 @@ def _train(args, proc: Process, stop: StopRequest) -> list[dict]:
 
     batch_per_rank = max(1, config["batch_size"] // proc.world_size)
     data_device = resident_device(data.train, proc.device, config.get("data_on", "auto"))
-    shards = {"rank": proc.rank, "world_size": proc.world_size, "device": data_device, "pin_memory": proc.device.type == "cuda"}
+    shards = {"rank": proc.rank, "world_size": proc.world_size, "device": data_device, "for_cuda": proc.device.type == "cuda"}
     train_loader = BatchLoader(data.train, batch_per_rank, shuffle=True, seed=config["seed"], **shards)
     val_loader = BatchLoader(data.val, batch_per_rank, shuffle=False, **shards)
 

@@ -72,7 +72,7 @@ class EuroSATDataModule(pl.LightningDataModule):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
             device=resident_device(subset, device, self.data_on),
-            pin_memory=device.type == "cuda",
+            for_cuda=device.type == "cuda",
         )
 
     def train_dataloader(self):  # padded shards, reshuffled each epoch by EuroSATClassifier.on_train_epoch_start

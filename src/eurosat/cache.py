@@ -8,8 +8,10 @@ temporary names and renamed into place.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
@@ -55,6 +57,24 @@ def _replace_atomically(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def _decode(path: Path, bands: tuple[int, ...]) -> np.ndarray:
+    """(shape, dtype, the chosen bands as (bands, H, W)) of one image; the parent checks the shape."""
+    image = read_image(path)
+    return image.shape, image.dtype, image[:, :, bands].transpose(2, 0, 1) if image.shape[2] > max(bands) else None
+
+
+def _decoded(paths: list[Path], bands: tuple[int, ...]):
+    """Decoded images in order, by one worker process per core: decoding is the whole cost of a prepare."""
+    workers = min(os.cpu_count() or 1, 8)
+    if workers == 1 or len(paths) < 256:
+        yield from (_decode(path, bands) for path in paths)
+        return
+    # fork: the workers need nothing but this module, and start at once (spawn would import torch again)
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with context.Pool(workers) as pool:
+        yield from pool.imap(functools.partial(_decode, bands=bands), paths, chunksize=64)
+
+
 def _build(file_list: FileList, bands: tuple[int, ...], first: np.ndarray, npy: Path, progress: bool) -> None:
     height, width, band_count = first.shape
     tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
@@ -62,18 +82,23 @@ def _build(file_list: FileList, bands: tuple[int, ...], first: np.ndarray, npy: 
         array = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=first.dtype, shape=(len(file_list.files), len(bands), height, width)
         )
-        paths = tqdm(
-            file_list.paths(), desc="prepare cache", unit="img", disable=None if progress else True, file=sys.stderr
+        paths = file_list.paths()
+        decoded = tqdm(
+            _decoded(paths, bands),
+            total=len(paths),
+            desc="prepare cache",
+            unit="img",
+            disable=None if progress else True,
+            file=sys.stderr,
         )  # None: off when not a terminal
-        for i, path in enumerate(paths):
-            image = first if i == 0 else read_image(path)
-            if image.shape != first.shape or image.dtype != first.dtype:
+        for i, (shape, dtype, image) in enumerate(decoded):
+            if shape != first.shape or dtype != first.dtype:
                 raise UserError(
-                    f"{path} is {image.shape[0]}x{image.shape[1]} with {image.shape[2]} bands ({image.dtype}), "
+                    f"{paths[i]} is {shape[0]}x{shape[1]} with {shape[2]} bands ({dtype}), "
                     f"expected {height}x{width} with {band_count} bands ({first.dtype}) like the other images: "
                     "replace or delete it"
                 )
-            array[i] = image[:, :, bands].transpose(2, 0, 1)
+            array[i] = image
         array.flush()
         del array
         _replace_atomically(tmp, npy)

@@ -51,13 +51,15 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | None = None,
-        pin_memory: bool = False,
+        for_cuda: bool = False,
     ):
+        """device: where the split is held (None: host memory); for_cuda: batches go to a GPU (pinned, int16)."""
         self.batch_size, self.shuffle, self.seed, self.rank, self.world_size = batch_size, shuffle, seed, rank, world_size
         self.device = device or torch.device("cpu")
-        self.images = as_tensor(subset.images()).to(self.device)
+        # NHWC in memory: a gathered batch viewed as NCHW is already channels_last, so no copy is needed for it
+        self.images = as_tensor(subset.images().transpose(0, 2, 3, 1), for_cuda).contiguous().to(self.device)
         self.labels = subset.labels().to(self.device)
-        self.pin_memory = pin_memory and self.device.type == "cpu"
+        self.pin_memory = for_cuda and self.device.type == "cpu"
         self.epoch = self.skip_batches = 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -86,21 +88,23 @@ class BatchLoader:
         for start in range(self.skip_batches * self.batch_size, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             images = self.images[batch]
-            yield (images.pin_memory() if self.pin_memory else images), self.labels[batch]
+            yield (images.pin_memory() if self.pin_memory else images).permute(0, 3, 1, 2), self.labels[batch]
 
 
-def as_tensor(images: np.ndarray) -> torch.Tensor:
-    """Raw images as a tensor; uint16 travels as int16 with the same bits (few CUDA kernels take uint16)."""
-    return torch.from_numpy(images.view(np.int16) if images.dtype == np.uint16 else images)
+def as_tensor(images: np.ndarray, for_cuda: bool = False) -> torch.Tensor:
+    """Raw images as a tensor. For a GPU, uint16 travels as int16 with the same bits (few CUDA kernels take
+    uint16) and to_input undoes it there; on the CPU uint16 converts to float directly."""
+    return torch.from_numpy(images.view(np.int16) if for_cuda and images.dtype == np.uint16 else images)
 
 
 def to_input(images: torch.Tensor, scale: float, device: torch.device, channels_last: bool = True) -> torch.Tensor:
-    """Raw digital numbers -> float in [0, 1] on the device (the articles' /4000 and clip)."""
+    """Raw digital numbers -> float in [0, 1] on the device (the articles' /4000 and clip); keeps the
+    memory format of `images`, converting only when it is not the one asked for."""
     x = images.to(device, non_blocking=True)
     if x.dtype == torch.int16:  # uint16 bits, see as_tensor
         x = x.int().bitwise_and_(0xFFFF)
     x = x.float().div_(scale).clamp_(0, 1)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def resident_device(subset: CachedSubset, device: torch.device, choice: str = "auto") -> torch.device | None:

@@ -38,7 +38,7 @@ def predict_files(model, files: list[Path], bands, scale: float, classes, device
         image = read_image(path)
         if max(bands) >= image.shape[2]:
             raise UserError(f"{path} has {image.shape[2]} bands, the model was trained on channels {list(bands)}")
-        x = as_tensor(image[:, :, list(bands)].transpose(2, 0, 1).copy())[None]
+        x = as_tensor(image[:, :, list(bands)].transpose(2, 0, 1).copy(), device.type == "cuda")[None]
         probs = model(to_input(x, scale, device)).float().softmax(1)[0]
         label = int(probs.argmax())
         results.append((Path(path), classes[label], float(probs[label])))
@@ -49,7 +49,7 @@ def evaluate_command(model, data_config: dict, args, device) -> dict:
     """The `evaluate` sub-command: the run's validation split, or the same split of another --data folder."""
     config = {**data_config, "data": args.data or data_config["data"], "cache_dir": args.cache_dir or data_config["cache_dir"]}
     data = load_configured_splits(config)
-    loader = BatchLoader(data.val, args.batch_size, shuffle=False)
+    loader = BatchLoader(data.val, args.batch_size, shuffle=False, for_cuda=device.type == "cuda")
     loss_sum, correct, seen = evaluate(model, loader, data.scale, device).tolist()
     result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_samples": int(seen)}
     print(

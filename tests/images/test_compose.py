@@ -78,6 +78,48 @@ def test_make_notebook_serves_jupyter_with_a_token_and_tensorboard(built_images,
         (REPO / "notebooks" / "probe-survives-down.ipynb").unlink()
 
 
+def test_the_token_is_in_no_image(built_images, dotenv):
+    """The token lives in .env (git-ignored, mode 600) and reaches Jupyter at run time only: no image's
+    history, config or files (the folders the Dockerfiles write) contain it."""
+    make("notebook")
+    token = re.search(r"^JUPYTER_TOKEN=([0-9a-f]{48})$", (REPO / ".env").read_text(), re.M).group(1)
+    assert subprocess.run(["git", "check-ignore", "--quiet", ".env"], cwd=REPO).returncode == 0
+    for name in ("cuda-base", "torch-ngc", "lightning", "jupyter"):
+        image = f"eurosat/{name}:latest"
+        assert token not in docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
+        assert token not in docker("image", "inspect", image).stdout
+        scan = docker(
+            "run", "--rm", "--user", "0", "--entrypoint", "grep", image,
+            "-rlF", "--devices=skip", token, "/etc", "/home", "/opt", "/usr/local", "/root", "/workspace", "/tmp",
+            check=False,
+        )  # fmt: skip
+        assert scan.returncode == 1 and scan.stdout == "", (name, scan.stdout, scan.stderr)  # 1: grep found nothing
+
+
+def test_jupyter_without_a_token_still_requires_one(built_images):
+    port = free_port()
+    container = docker(
+        "run", "--detach", "--rm", "--env", "JUPYTER_TOKEN=", "--publish", f"127.0.0.1:{port}:8888", "eurosat/jupyter:latest"
+    ).stdout.strip()  # fmt: skip
+    try:
+        for _ in range(60):
+            if "token=" in docker("logs", container).stderr:
+                break
+            time.sleep(1)
+        logs = docker("logs", container).stderr
+        generated = re.search(r"token=([0-9a-f]{48})", logs).group(1)  # Jupyter made its own random token
+        assert status(f"http://127.0.0.1:{port}/api/contents") == 403
+        assert status(f"http://127.0.0.1:{port}/api/contents?token={generated}") == 200
+    finally:
+        docker("rm", "--force", container, check=False)
+
+
+def test_make_needs_no_sudo():
+    sources = [REPO / "Makefile", *REPO.glob("scripts/**/*.sh"), *REPO.glob("scripts/cluster/*.in"), REPO / ".ci" / "run"]
+    users = [path.name for path in sources if re.search(r"\bsudo\b", path.read_text())]
+    assert users == []  # .ci/run installs the engine as root, without sudo too
+
+
 def test_busy_port_is_one_clear_line(built_images, dotenv):
     with socket.create_server(("127.0.0.1", dotenv["JUPYTER_PORT"])):
         result = make("notebook", check=False)

@@ -65,7 +65,7 @@ def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_im
             "RUNNER=docker",
             f"PROJECT={project}",
             f"DATA={sample_dir}",
-            f"ARGS=--epochs 1 --model resnet10t --batch-size 32 --workers 2 --out {out}",
+            f"ARGS=--epochs 1 --model resnet10t --batch-size 32 --out {out}",
         )
         assert "containers run on the CPU" in result.stderr  # no GPU here: the GPU override is left out
         (run_dir,) = (REPO / out).iterdir()
@@ -90,7 +90,7 @@ def test_gpus_launches_torchrun_in_the_container(built_images, sample_dir):
             "PROJECT=eurosat-amp",
             "GPUS=2",
             f"DATA={sample_dir}",
-            f"ARGS=--epochs 1 --model resnet10t --batch-size 32 --workers 0 --val-fraction 0.25 --out {out}",
+            f"ARGS=--epochs 1 --model resnet10t --batch-size 32 --val-fraction 0.25 --out {out}",
         )
         (run_dir,) = (REPO / out).iterdir()
         assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2

@@ -1,0 +1,70 @@
+"""make train-nodes: two containers on a compose network act as two nodes and train one eurosat-amp run
+(torchrun, c10d rendezvous at node0, gloo on the CPU), compared with a single process at the same global batch."""
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+from conftest import REPO, read_metrics, run_project, single_run_dir
+from engine import docker, make, make_settings
+
+# The global batch of 32 is 16 per node. Each step's samples are the same as the single process's (the shards
+# interleave one shuffled order), so only BatchNorm, which normalises over 16 images instead of 32, differs.
+ARGS = "--epochs 2 --model resnet10t --batch-size 32 --deterministic"
+TOLERANCE = 0.05  # on loss, accuracy and validation accuracy after each epoch
+
+
+def node_containers() -> list[str]:
+    return docker("ps", "--all", "--quiet", "--filter", "label=com.docker.compose.project=eurosat",
+                  "--filter", "label=com.docker.compose.service=node1").stdout.split()  # fmt: skip
+
+
+@pytest.fixture
+def out():
+    path = f"runs/image-test-nodes-{int(time.time())}"
+    yield path
+    shutil.rmtree(REPO / path, ignore_errors=True)
+
+
+def test_two_nodes_train_to_completion_like_one_process(built_images, sample_dir, out, tmp_path):
+    result = make("train-nodes", "PROJECT=eurosat-amp", f"DATA={sample_dir}", f"ARGS={ARGS} --out {out}")
+    run_dir = single_run_dir(REPO / out)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["world_size"] == 2
+    nodes = read_metrics(run_dir)
+    assert [r["epoch"] for r in nodes] == [1, 2] and (run_dir / "last.ckpt").is_file()
+    assert "Epoch 2/2" in result.stdout
+
+    run_project("eurosat-amp", "train", "--data", sample_dir, "--out", tmp_path, *ARGS.split())
+    single = read_metrics(single_run_dir(tmp_path))
+    print(f"\ntwo nodes: {nodes}\none process: {single}")
+    for two, one in zip(nodes, single, strict=True):
+        assert two["val_samples"] == one["val_samples"] == 108  # every validation image counted once
+        for key in ("loss", "acc", "val_acc"):
+            assert abs(two[key] - one[key]) <= TOLERANCE, (key, two, one)
+
+
+def test_killing_one_node_stops_the_other_with_an_error(built_images, sample_dir, out):
+    command = ["make", "train-nodes", "PROJECT=eurosat-amp", f"DATA={sample_dir}", f"ARGS={ARGS} --epochs 50 --out {out}"]
+    process = subprocess.Popen(
+        [*command, *make_settings()], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list((REPO / out).glob("*/metrics.jsonl")):  # both nodes are training: one epoch is done
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+            time.sleep(1)
+        (node1,) = node_containers()
+        docker("kill", node1)
+        killed = time.monotonic()
+        output, _ = process.communicate(timeout=180)
+        seconds = time.monotonic() - killed
+    finally:
+        if process.poll() is None:
+            process.kill()
+    print(f"\nthe other node exited {seconds:.0f} s after node1 was killed")
+    assert process.returncode != 0
+    assert "error: node0 exited with status" in output or "error: node1 exited with status" in output
+    assert node_containers() == []  # both removed
