@@ -50,7 +50,9 @@ def test_corrupt_tiff(data, tmp_path):
 
 
 def test_wrong_band_count(data, tmp_path):
-    tifffile.imwrite(data / "Forest" / "Forest_2.tif", np.ones((64, 64, 4), np.uint16), photometric="minisblack")
+    tifffile.imwrite(
+        data / "Forest" / "Forest_2.tif", np.ones((64, 64, 4), np.uint16), photometric="minisblack", planarconfig="contig"
+    )
     assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs"), "Forest_2.tif", "4 bands", "expected 64x64 with 13")
 
 

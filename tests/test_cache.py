@@ -42,11 +42,11 @@ def test_cache_is_rebuilt_when_the_data_changes(small, tmp_path):
     changed = small / first.files[3]
     image = tifffile.imread(changed)
     image[:] = 77
-    tifffile.imwrite(changed, image, photometric="minisblack")
+    tifffile.imwrite(changed, image, photometric="minisblack", planarconfig="contig")
     second = prepare(small, "rgb", tmp_path / "cache", progress=False)
     assert second.path != first.path and (second.images[3] == 77).all()
 
-    tifffile.imwrite(small / "Forest" / "Forest_99.tif", image, photometric="minisblack")
+    tifffile.imwrite(small / "Forest" / "Forest_99.tif", image, photometric="minisblack", planarconfig="contig")
     third = prepare(small, "rgb", tmp_path / "cache", progress=False)
     assert third.path != second.path and len(third.files) == 51
 

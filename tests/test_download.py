@@ -21,7 +21,7 @@ def make_archive() -> bytes:
         for name in ("Forest", "River"):
             for n in (1, 2):
                 image = io.BytesIO()
-                tifffile.imwrite(image, np.full((64, 64, 13), n, np.uint16), photometric="minisblack")
+                tifffile.imwrite(image, np.full((64, 64, 13), n, np.uint16), photometric="minisblack", planarconfig="contig")
                 archive.writestr(f"{NESTED}/{name}/{name}_{n}.tif", image.getvalue())
     return buffer.getvalue()
 

@@ -10,9 +10,9 @@ from conftest import REPO, run
 FILES = ("Makefile", "requirements.in", "requirements.lock", "pyproject.toml", "scripts/lock.py", "images/versions.env")
 
 
-def tamper_first_hash(text: str) -> tuple[str, str]:
-    """The lock with every hash of its first package changed, and that package's name."""
-    block = re.search(r"^([A-Za-z0-9_.\-]+)==.*?(?=^[A-Za-z0-9])", text, re.M | re.S)
+def tamper_hashes(text: str, package: str = r"[A-Za-z0-9_.\-]+") -> tuple[str, str]:
+    """The lock with every hash of one package (the first one by default) changed, and that package's name."""
+    block = re.search(rf"^({package})==.*?(?=^[A-Za-z0-9])", text, re.M | re.S)
     changed = re.sub(r"sha256:([0-9a-f]{64})", lambda m: "sha256:" + m[1][::-1], block[0])
     return text.replace(block[0], changed), block[1]
 
@@ -22,7 +22,7 @@ def test_a_tampered_lock_stops_make_venv_before_anything_is_installed(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     lock = tmp_path / "requirements.lock"
-    lock.write_text(tamper_first_hash(lock.read_text())[0])
+    lock.write_text(tamper_hashes(lock.read_text())[0])
     result = subprocess.run(["make", "venv"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "error: requirements.lock was changed after it was generated" in result.stderr
@@ -34,7 +34,7 @@ def test_make_lock_check_names_a_tampered_image_lock():
     lock = REPO / "images" / "lightning" / "requirements.lock"
     original = lock.read_text()
     try:
-        lock.write_text(tamper_first_hash(original)[0])
+        lock.write_text(tamper_hashes(original)[0])
         result = run("make", "lock-check", check=False)
     finally:
         lock.write_text(original)

@@ -13,9 +13,10 @@ from eurosat.reading import parse_bands, read_image
 BAND_VALUES = np.array([100, 900, 1900, 2900, 3900, 4500, 5000, 6000, 7000, 12, 732, 1500, 2594], dtype=np.uint16)
 
 
-def write_tif(path, image, **kwargs):
+def write_tif(path, image, planarconfig="contig"):
+    """One page with a sample per band, like the official (GDAL pixel-interleaved) files; or band-planar."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, image, photometric="minisblack", **kwargs)
+    tifffile.imwrite(path, image, photometric="minisblack", planarconfig=planarconfig)
 
 
 def constant_bands(shape=(64, 64)):

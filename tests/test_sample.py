@@ -14,6 +14,9 @@ def test_sample_has_the_official_layout_and_format(sample_dir):
     assert forest[0] == "Forest_1.tif" and len(forest) == 60 and f"Forest_{len(forest)}.tif" in forest
     image = tifffile.imread(sample_dir / "Highway" / "Highway_1.tif")
     assert image.shape == (64, 64, 13) and image.dtype == np.uint16
+    with tifffile.TiffFile(sample_dir / "Highway" / "Highway_1.tif") as tiff:  # one page, 13 samples a pixel
+        (page,) = tiff.pages
+        assert page.samplesperpixel == 13 and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
     assert len(list_files(sample_dir).files) == 540
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
@@ -48,6 +49,7 @@ from eurosat.training import (
 )
 
 PROJECT = "eurosat-amp"
+PEER_LOST = re.compile(r"Connection (closed|reset) by peer|Broken pipe|timed out|NCCL error", re.I)
 SYNC_EVERY = 10  # steps between host syncs (progress bar, stop requests under DDP): each one waits for the device
 
 
@@ -87,8 +89,11 @@ class StopRequest:
 
     def __init__(self):
         self.signum = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self.handle)
+        self.previous = {signum: signal.signal(signum, self.handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def release(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
     def handle(self, signum, frame):
         if self.signum is not None:
@@ -193,13 +198,23 @@ def gather_totals(totals: torch.Tensor, proc: Process) -> torch.Tensor:
 def train(args) -> list[dict]:
     """Train (or resume) one run; returns the per-epoch history. Every rank calls this."""
     proc = setup_process(args.device)
+    stop = StopRequest()
     try:
-        return _train(args, proc, StopRequest())
+        return _train(args, proc, stop)
     except Stopped as stopped:
         if proc.is_main:
             print(stopped, file=sys.stderr, flush=True)
         sys.exit(128 + stopped.args[1])
+    except RuntimeError as exc:  # gloo and NCCL raise RuntimeError (or its DistError subclasses) when a peer is gone
+        if proc.world_size == 1 or not (isinstance(exc, dist.DistError) or PEER_LOST.search(str(exc))):
+            raise
+        first_line = str(exc).strip().splitlines()[0]
+        raise UserError(
+            f"lost another training process (a node or rank stopped): {first_line[:200]}; "
+            "continue from the last checkpoint with --resume runs/<project>/<run-id>"
+        ) from None
     finally:
+        stop.release()
         if proc.world_size > 1:
             dist.destroy_process_group()
 

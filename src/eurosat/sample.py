@@ -50,7 +50,9 @@ def write_sample(out: Path, fraction: float = 0.02, seed: int = 0) -> int:
         (out / name).mkdir(parents=True, exist_ok=True)
         count = max(5, round(OFFICIAL_COUNTS[name] * fraction))
         for n in range(1, count + 1):
-            tifffile.imwrite(out / name / f"{name}_{n}.tif", synthetic_image(label, rng), photometric="minisblack")
+            tifffile.imwrite(
+                out / name / f"{name}_{n}.tif", synthetic_image(label, rng), photometric="minisblack", planarconfig="contig"
+            )
         total += count
     (out / MARKER).write_text("synthetic EuroSAT sample written by `python -m eurosat.sample`\n")
     return total

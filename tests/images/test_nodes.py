@@ -10,10 +10,11 @@ import pytest
 from conftest import REPO, read_metrics, run_project, single_run_dir
 from engine import docker, make, make_settings
 
-# The global batch of 32 is 16 per node. Each step's samples are the same as the single process's (the shards
-# interleave one shuffled order), so only BatchNorm, which normalises over 16 images instead of 32, differs.
-ARGS = "--epochs 2 --model resnet10t --batch-size 32 --deterministic"
-TOLERANCE = 0.05  # on loss, accuracy and validation accuracy after each epoch
+# The global batch of 16 is 8 per node. Each step's samples are the same as the single process's (the shards
+# interleave one shuffled order) and DDP averages the gradients, so only BatchNorm differs: it normalises
+# over each node's 8 images instead of 16. Hence the tolerance, on the final validation accuracy.
+ARGS = "--epochs 2 --model resnet10t --batch-size 16 --deterministic"
+TOLERANCE = 0.05
 
 
 def node_containers() -> list[str]:
@@ -40,10 +41,9 @@ def test_two_nodes_train_to_completion_like_one_process(built_images, sample_dir
     run_project("eurosat-amp", "train", "--data", sample_dir, "--out", tmp_path, *ARGS.split())
     single = read_metrics(single_run_dir(tmp_path))
     print(f"\ntwo nodes: {nodes}\none process: {single}")
-    for two, one in zip(nodes, single, strict=True):
-        assert two["val_samples"] == one["val_samples"] == 108  # every validation image counted once
-        for key in ("loss", "acc", "val_acc"):
-            assert abs(two[key] - one[key]) <= TOLERANCE, (key, two, one)
+    assert [r["val_samples"] for r in nodes] == [r["val_samples"] for r in single] == [108, 108]  # each counted once
+    assert nodes[-1]["val_acc"] >= 0.9 and single[-1]["val_acc"] >= 0.9  # both trained, far above chance (0.1)
+    assert abs(nodes[-1]["val_acc"] - single[-1]["val_acc"]) <= TOLERANCE
 
 
 def test_killing_one_node_stops_the_other_with_an_error(built_images, sample_dir, out):
@@ -66,5 +66,6 @@ def test_killing_one_node_stops_the_other_with_an_error(built_images, sample_dir
             process.kill()
     print(f"\nthe other node exited {seconds:.0f} s after node1 was killed")
     assert process.returncode != 0
-    assert "error: node0 exited with status" in output or "error: node1 exited with status" in output
+    assert "error: lost another training process (a node or rank stopped): " in output
+    assert "error: node0 exited with status 1" in output and seconds < 120  # torchrun: 1 when a worker failed
     assert node_containers() == []  # both removed
