@@ -154,12 +154,12 @@ def time_to_accuracy(command: list, target: float) -> dict:
     }
 
 
-def benchmark(args) -> dict:
+def benchmark(args, scratch: Path) -> dict:
+    """Every figure; the synthetic sample, caches and runs go to `scratch`."""
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     trainer = load_project("eurosat-amp")
     data_dir = Path(args.data)
-    scratch = Path(tempfile.mkdtemp(prefix="eurosat-bench-"))
     try:
         synthetic = (list_files(data_dir).root / SAMPLE_MARKER).exists()  # `make data-sample` wrote it
     except UserError:
@@ -427,7 +427,8 @@ def main(argv=None) -> None:
     gpu = resolve_device(args.device).type == "cuda"
     args.model = args.model or ("tf_efficientnet_b5" if gpu else "resnet10t")
     args.batch_size = args.batch_size or (1024 if gpu else 64)
-    result = benchmark(args)
+    with tempfile.TemporaryDirectory(prefix="eurosat-bench-") as scratch:
+        result = benchmark(args, Path(scratch))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{result['machine']['host']}-{time.strftime('%Y%m%d-%H%M%S')}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
