@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 import shlex
 import string
-import sys
 from pathlib import Path
 
 import yaml
 
+from eurosat.cli import ArgumentParser, positive_int, run_cli
+from eurosat.errors import UserError
+from eurosat.projects import train_script
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from eurosat.cli import ArgumentParser, positive_int, run_cli  # noqa: E402
-from eurosat.errors import UserError  # noqa: E402
 
 
 def train_arguments(project: str, nodes: int, gpus: int, extra: str) -> list[str]:
@@ -109,8 +108,8 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--out", type=Path, default=REPO / "build" / "cluster")
     args = parser.parse_args(argv)
-    if not (REPO / "projects" / args.project / "train.py").is_file():
-        raise UserError(f"--project {args.project}: no projects/{args.project}/train.py")
+    if not train_script(args.project).is_file():
+        raise UserError(f"--project {args.project}: no {train_script(args.project)}")
     args.job_name = args.job_name or args.project
     train_args = train_arguments(args.project, args.nodes, args.gpus, args.args)
     out = args.out / f"{args.project}-{args.nodes}x{args.gpus}"
