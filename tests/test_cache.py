@@ -59,3 +59,16 @@ def test_a_failed_build_leaves_no_cache_behind(small, tmp_path):
     with pytest.raises(UserError, match="River_2.tif"):
         prepare(small, "rgb", tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_worker_processes_fill_every_row_and_report_a_bad_file(small, tmp_path, monkeypatch):
+    monkeypatch.setattr(eurosat.cache, "CHUNK", 8)  # 7 chunks for 50 images: several worker processes
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    cached = prepare(small, "all", tmp_path / "cache", progress=False)
+    for i, name in enumerate(cached.files):
+        assert np.array_equal(cached.images[i], tifffile.imread(small / name).transpose(2, 0, 1)), name
+
+    tifffile.imwrite(small / "Pasture" / "Pasture_3.tif", np.ones((64, 64, 4), np.uint16), photometric="minisblack")
+    with pytest.raises(UserError, match="Pasture_3.tif is 64x64 with 4 bands"):
+        prepare(small, "all", tmp_path / "other-cache", progress=False)
+    assert list((tmp_path / "other-cache").iterdir()) == []

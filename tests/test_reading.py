@@ -8,7 +8,7 @@ from skimage import io as skio
 from eurosat.datasets import to_input
 from eurosat.errors import UserError
 from eurosat.files import list_files
-from eurosat.reading import parse_bands, read_image
+from eurosat.reading import parse_bands, read_image, read_plain_tiff
 
 BAND_VALUES = np.array([100, 900, 1900, 2900, 3900, 4500, 5000, 6000, 7000, 12, 732, 1500, 2594], dtype=np.uint16)
 
@@ -36,6 +36,61 @@ def test_reads_13_band_tiff_like_skimage(tmp_path):
 def test_planar_tiff_is_read_as_height_width_bands(tmp_path):
     write_tif(tmp_path / "planar.tif", constant_bands().transpose(2, 0, 1), planarconfig="separate")
     assert read_image(tmp_path / "planar.tif").shape == (64, 64, 13)
+
+
+PLAIN_LAYOUTS = {  # what read_plain_tiff decodes itself: single-page, uncompressed, striped integer TIFFs
+    "pixel-interleaved, one strip": dict(planarconfig="contig"),
+    "band-planar": dict(planarconfig="separate", shape=(13, 64, 64)),
+    "many strips": dict(planarconfig="contig", rowsperstrip=5),
+    "big-endian": dict(planarconfig="contig", byteorder=">"),
+    "int16": dict(planarconfig="contig", dtype=np.int16, shape=(64, 64, 3)),
+    "uint8 grey": dict(dtype=np.uint8, shape=(64, 64)),
+}
+OTHER_LAYOUTS = {  # left to tifffile
+    "deflate": dict(planarconfig="contig", compression="zlib"),
+    "tiled": dict(planarconfig="contig", tile=(16, 16)),
+    "float": dict(planarconfig="contig", dtype=np.float32),
+    "BigTIFF": dict(planarconfig="contig", bigtiff=True),
+    "two pages": dict(shape=(2, 64, 64)),
+}
+
+
+def write_layout(path, layout):
+    layout = dict(layout)
+    shape, dtype = layout.pop("shape", (64, 64, 13)), np.dtype(layout.pop("dtype", np.uint16))
+    rng = np.random.default_rng(0)
+    image = rng.random(shape).astype(dtype) if dtype.kind == "f" else rng.integers(0, 127, shape).astype(dtype)
+    tifffile.imwrite(path, image, photometric="minisblack", **layout)
+    return image if len(shape) == 2 or shape[0] > shape[2] else image.transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("layout", PLAIN_LAYOUTS)
+def test_plain_tiffs_are_decoded_directly_to_the_same_pixels(tmp_path, layout):
+    expected = write_layout(tmp_path / "a.tif", PLAIN_LAYOUTS[layout])
+    direct = read_plain_tiff((tmp_path / "a.tif").read_bytes())
+    assert direct is not None and direct.dtype == expected.dtype and direct.dtype.isnative
+    assert np.array_equal(direct, expected.reshape(direct.shape))
+    assert np.array_equal(read_image(tmp_path / "a.tif"), direct)
+
+
+@pytest.mark.parametrize("layout", OTHER_LAYOUTS)
+def test_other_tiffs_are_left_to_tifffile(tmp_path, layout):
+    expected = write_layout(tmp_path / "a.tif", OTHER_LAYOUTS[layout])
+    assert read_plain_tiff((tmp_path / "a.tif").read_bytes()) is None
+    if layout == "float":  # EuroSAT's digital numbers are integers
+        with pytest.raises(UserError, match="float32.*corrupt"):
+            read_image(tmp_path / "a.tif")
+    elif layout != "two pages":  # two pages decode as a (pages, H, W) stack, not an EuroSAT image
+        assert np.array_equal(read_image(tmp_path / "a.tif"), expected)
+
+
+@pytest.mark.parametrize("length", [0, 9, 120, 300, 100_000])
+def test_truncated_tiff_is_reported_as_corrupt(tmp_path, length):
+    write_tif(tmp_path / "whole.tif", constant_bands())
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "whole.tif").read_bytes()[:length])
+    assert read_plain_tiff((tmp_path / "cut.tif").read_bytes()) is None
+    with pytest.raises(UserError, match="cut.tif .*corrupt"):
+        read_image(tmp_path / "cut.tif")
 
 
 def test_rgb_bands_and_articles_scaling(tmp_path):

@@ -25,6 +25,7 @@ from eurosat.files import FileList, list_files
 from eurosat.reading import SCALE, parse_bands, read_image
 
 CACHE_FORMAT = 1
+CHUNK = 256  # images a worker decodes per task
 
 
 @dataclass(frozen=True)
@@ -57,50 +58,46 @@ def _replace_atomically(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def _decode(path: Path, bands: tuple[int, ...]) -> np.ndarray:
-    """(shape, dtype, the chosen bands as (bands, H, W)) of one image; the parent checks the shape."""
-    image = read_image(path)
-    return image.shape, image.dtype, image[:, :, bands].transpose(2, 0, 1) if image.shape[2] > max(bands) else None
-
-
-def _decoded(paths: list[Path], bands: tuple[int, ...]):
-    """Decoded images in order, by one worker process per core: decoding is the whole cost of a prepare."""
-    workers = min(os.cpu_count() or 1, 8)
-    if workers == 1 or len(paths) < 256:
-        yield from (_decode(path, bands) for path in paths)
-        return
-    # fork: the workers need nothing but this module, and start at once (spawn would import torch again)
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with context.Pool(workers) as pool:
-        yield from pool.imap(functools.partial(_decode, bands=bands), paths, chunksize=64)
+def _decode_into(npy: Path, bands: tuple[int, ...], like: tuple, chunk: tuple[int, list[Path]]) -> int:
+    """Decode a chunk (its first row, its paths) into the rows of the .npy file; returns how many. Each image must
+    have the shape and type in `like`, the first image's."""
+    start, paths = chunk
+    array = np.load(npy, mmap_mode="r+")  # shared: the rows reach the page cache, fsynced once at the end
+    (height, width, band_count), dtype = like
+    for i, path in enumerate(paths, start):
+        image = read_image(path)
+        if image.shape != (height, width, band_count) or image.dtype != dtype:
+            raise UserError(
+                f"{path} is {image.shape[0]}x{image.shape[1]} with {image.shape[2]} bands ({image.dtype}), "
+                f"expected {height}x{width} with {band_count} bands ({dtype}) like the other images: "
+                "replace or delete it"
+            )
+        array[i] = image[:, :, bands].transpose(2, 0, 1)
+    return len(paths)
 
 
 def _build(file_list: FileList, bands: tuple[int, ...], first: np.ndarray, npy: Path, progress: bool) -> None:
-    height, width, band_count = first.shape
+    """Decoding is the whole cost of a prepare: one process per core, each writing its chunks straight into
+    the memory-mapped file (sending arrays back to one writer would cost as much as decoding them)."""
+    height, width, _ = first.shape
     tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
+    paths = file_list.paths()
+    chunks = [(start, paths[start : start + CHUNK]) for start in range(0, len(paths), CHUNK)]
+    workers = min(os.cpu_count() or 1, 8, len(chunks))
     try:
-        array = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=first.dtype, shape=(len(file_list.files), len(bands), height, width)
-        )
-        paths = file_list.paths()
-        decoded = tqdm(
-            _decoded(paths, bands),
-            total=len(paths),
-            desc="prepare cache",
-            unit="img",
-            disable=None if progress else True,
-            file=sys.stderr,
-        )  # None: off when not a terminal
-        for i, (shape, dtype, image) in enumerate(decoded):
-            if shape != first.shape or dtype != first.dtype:
-                raise UserError(
-                    f"{paths[i]} is {shape[0]}x{shape[1]} with {shape[2]} bands ({dtype}), "
-                    f"expected {height}x{width} with {band_count} bands ({first.dtype}) like the other images: "
-                    "replace or delete it"
-                )
-            array[i] = image
-        array.flush()
-        del array
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=first.dtype, shape=(len(paths), len(bands), height, width))
+        decode = functools.partial(_decode_into, tmp, bands, (first.shape, first.dtype))
+        bar = tqdm(total=len(paths), desc="prepare cache", unit="img", disable=None if progress else True, file=sys.stderr)
+        with bar:  # disable=None: off when not a terminal
+            if workers == 1:
+                for chunk in chunks:
+                    bar.update(decode(chunk))
+            else:
+                # fork: the workers need nothing but this module, and start at once (spawn would import torch again)
+                methods = multiprocessing.get_all_start_methods()
+                with multiprocessing.get_context("fork" if "fork" in methods else None).Pool(workers) as pool:
+                    for done in pool.imap_unordered(decode, chunks):
+                        bar.update(done)
         _replace_atomically(tmp, npy)
     finally:
         tmp.unlink(missing_ok=True)
