@@ -25,6 +25,8 @@ def test_bench_measures_baseline_and_project_side_by_side(sample_dir, tmp_path):
         "2",
         "--accuracy-epochs",
         "1",
+        "--accuracy-seeds",
+        "42,7",
         "--no-compile",
         "--repeats",
         "1",
@@ -49,7 +51,19 @@ def test_bench_measures_baseline_and_project_side_by_side(sample_dir, tmp_path):
     for side in ("baseline", "project"):
         (epoch,) = accuracy[side]["epochs"]
         assert epoch["epoch"] == 1 and 0 <= epoch["val_acc"] <= 1 and epoch["seconds"] > accuracy[side]["startup_seconds"] > 0
+    # the first seed's runs in full, then every seed's final accuracy, run by run
+    assert accuracy["seed"] == 42 and [f["seed"] for f in accuracy["final_val_acc"]] == [42, 7]
+    first = accuracy["final_val_acc"][0]
+    for side in ("baseline", "project"):
+        assert first[side] == accuracy[side]["epochs"][-1]["val_acc"]
     table = result_file.with_suffix(".md").read_text()
     assert "| training end to end, images/s |" in table and "432 train images" in table
-    assert "| NCHW, not channels_last |" in table and "| val_acc after epoch 1 |" in table
+    assert "| NCHW, not channels_last |" in table and "| val_acc after epoch 1 (seed 42) |" in table
+    assert "| val_acc after epoch 1, seed 7 |" in table and "| mean over the 2 seeds |" in table
     assert result_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_a_bad_seed_list(tmp_path):
+    result = run(sys.executable, "bench/run.py", "--accuracy-seeds", "42,x", "--out", tmp_path, check=False)
+    assert result.returncode == 2 and "--accuracy-seeds" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
