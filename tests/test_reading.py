@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from skimage import io as skio
 
-from eurosat.datasets import to_input
+from eurosat.datasets import as_tensor, to_input
 from eurosat.errors import UserError
 from eurosat.files import list_files
 from eurosat.reading import parse_bands, read_image, read_plain_tiff
@@ -102,6 +102,18 @@ def test_rgb_bands_and_articles_scaling(tmp_path):
     assert torch.allclose(x[0, :, 0, 0], torch.tensor([2900 / 4000, 1900 / 4000, 900 / 4000]))
     bright = torch.full((1, 1, 2, 2), 5000, dtype=torch.int32)
     assert to_input(bright, 4000.0, torch.device("cpu")).max() == 1.0  # clipped to [0, 1]
+
+
+def test_uint16_sent_as_int16_bits_scales_like_uint16():
+    """GPUs get uint16 as int16 (few CUDA kernels take uint16); values of 32768 and up must not turn negative."""
+    raw = np.array([[[[0, 1999, 4000, 32767, 32768, 40000, 65535]]]], dtype=np.uint16)
+    as_int16 = as_tensor(raw, for_cuda=True)
+    assert as_int16.dtype == torch.int16 and as_tensor(raw).dtype == torch.uint16
+    expected = torch.tensor([0, 1999 / 4000, 1, 1, 1, 1, 1])
+    for images in (as_int16, as_tensor(raw)):
+        assert torch.allclose(to_input(images, 4000.0, torch.device("cpu"), channels_last=False).flatten(), expected)
+    exact = to_input(as_int16, 65535.0, torch.device("cpu"), channels_last=False).flatten()
+    assert torch.allclose(exact, torch.from_numpy(raw.astype(np.float32)).flatten() / 65535)
 
 
 def test_band_choices():
