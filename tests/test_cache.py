@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -72,3 +74,26 @@ def test_worker_processes_fill_every_row_and_report_a_bad_file(small, tmp_path, 
     with pytest.raises(UserError, match="Pasture_3.tif is 64x64 with 4 bands"):
         prepare(small, "all", tmp_path / "other-cache", progress=False)
     assert list((tmp_path / "other-cache").iterdir()) == []
+
+
+PREPARE_UNDER_A_FLAG_HANDLER = """
+import os, shutil, signal, sys
+from pathlib import Path
+import eurosat.cache
+signal.signal(signal.SIGTERM, lambda *_: print("a worker kept the parent's SIGTERM handler", file=sys.stderr))
+eurosat.cache.CHUNK = 8  # 7 chunks of the 50 images, on at least 2 worker processes
+os.cpu_count = lambda: 2
+for attempt in range(20):
+    shutil.rmtree(sys.argv[2], ignore_errors=True)
+    eurosat.cache.prepare(Path(sys.argv[1]), "rgb", Path(sys.argv[2]), progress=False)
+"""
+
+
+def test_workers_leave_cleanly_under_train_py_signal_handler(small, tmp_path):
+    """train.py's SIGTERM handler only sets a flag; workers forked from it must not keep it (a pool's terminate
+    then could not stop them, and the prepare hung)."""
+    result = subprocess.run(
+        [sys.executable, "-c", PREPARE_UNDER_A_FLAG_HANDLER, small, tmp_path / "cache"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr

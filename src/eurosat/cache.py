@@ -13,6 +13,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,13 @@ def _decode_into(npy: Path, bands: tuple[int, ...], like: tuple, chunk: tuple[in
     return len(paths)
 
 
+def _default_signals() -> None:
+    """In a worker: forget the parent's handlers. train.py's SIGTERM handler only sets a flag, so a worker
+    inheriting it would outlive the pool's terminate and hang the join; Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _build(file_list: FileList, bands: tuple[int, ...], first: np.ndarray, npy: Path, progress: bool) -> None:
     """Decoding is the whole cost of a prepare: one process per core, each writing its chunks straight into
     the memory-mapped file (sending arrays back to one writer would cost as much as decoding them)."""
@@ -95,9 +103,12 @@ def _build(file_list: FileList, bands: tuple[int, ...], first: np.ndarray, npy: 
             else:
                 # fork: the workers need nothing but this module, and start at once (spawn would import torch again)
                 methods = multiprocessing.get_all_start_methods()
-                with multiprocessing.get_context("fork" if "fork" in methods else None).Pool(workers) as pool:
+                context = multiprocessing.get_context("fork" if "fork" in methods else None)
+                with context.Pool(workers, initializer=_default_signals) as pool:
                     for done in pool.imap_unordered(decode, chunks):
                         bar.update(done)
+                    pool.close()  # workers leave on their own; the with-block's terminate is for errors only
+                    pool.join()
         _replace_atomically(tmp, npy)
     finally:
         tmp.unlink(missing_ok=True)
