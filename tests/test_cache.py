@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -92,8 +93,13 @@ for attempt in range(20):
 def test_workers_leave_cleanly_under_train_py_signal_handler(small, tmp_path):
     """train.py's SIGTERM handler only sets a flag; workers forked from it must not keep it (a pool's terminate
     then could not stop them, and the prepare hung)."""
-    result = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-c", PREPARE_UNDER_A_FLAG_HANDLER, small, tmp_path / "cache"],
-        capture_output=True, text=True, timeout=60,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    assert result.returncode == 0 and result.stderr == "", result.stderr
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the hung workers too
+        raise AssertionError(f"prepare hung: {process.communicate()[1]}") from None
+    assert process.returncode == 0 and stderr == "", stderr
