@@ -22,6 +22,10 @@ PARENT_lightning := torch-ngc
 PARENT_jupyter := lightning
 DOCKER ?= docker
 IMAGE_PREFIX ?= eurosat/
+# The build context: the Dockerfiles and the locks (tests point it at a copy)
+IMAGES_DIR ?= images
+# The layers `make lock-images` solves, in build order
+LOCK_LAYERS ?= $(IMAGES)
 REGISTRY ?=
 # A CA bundle for pip inside builds, for networks that intercept TLS (a build secret: never in a layer).
 PIP_CA ?=
@@ -113,7 +117,7 @@ lock: $(VENV_STAMP) ## regenerate requirements.lock (hashes, all platforms) from
 
 lock-check: $(VENV_STAMP) ## fail when a lock no longer matches its input or was edited after it was generated
 	$(VENV_PY) scripts/lock.py check requirements.in requirements.lock
-	$(VENV_PY) scripts/lock.py verify images/*/requirements.lock
+	$(VENV_PY) scripts/lock.py verify $(IMAGES_DIR)/*/requirements.lock
 
 lint: $(VENV_STAMP) ## pre-commit on every file: ruff, hadolint, shellcheck, hygiene
 	PATH="$(abspath $(VENV))/bin:$$PATH" pre-commit run --all-files --show-diff-on-failure
@@ -129,9 +133,9 @@ image-ngc: image-torch-ngc ## build torch-ngc: NGC PyTorch + training dependenci
 images: $(addprefix image-,$(IMAGES)) ## build every image, in order
 
 image-%: check-docker ## build one image (cuda-base, torch-ngc, lightning, jupyter); a missing parent is built first
-	@if [[ ! -f images/$*/Dockerfile ]]; then echo "error: no image '$*'; images: $(IMAGES)" >&2; exit 2; fi
+	@if [[ ! -f $(IMAGES_DIR)/$*/Dockerfile ]]; then echo "error: no image '$*'; images: $(IMAGES)" >&2; exit 2; fi
 	@if [[ -n "$(PARENT_$*)" ]] && ! $(DOCKER) image inspect $(BASE_$*) >/dev/null 2>&1; then $(MAKE) image-$(PARENT_$*); fi
-	DOCKER_BUILDKIT=1 $(DOCKER) build --file images/$*/Dockerfile \
+	DOCKER_BUILDKIT=1 $(DOCKER) build --file $(IMAGES_DIR)/$*/Dockerfile \
 		--build-arg BASE_IMAGE=$(BASE_$*) --build-arg UID=$(IMAGE_UID) --build-arg GID=$(IMAGE_GID) \
 		$(if $(PIP_CA),--secret id=pip-ca$(comma)src=$(PIP_CA)) \
 		--label org.opencontainers.image.title=$* \
@@ -140,12 +144,12 @@ image-%: check-docker ## build one image (cuda-base, torch-ngc, lightning, jupyt
 		--label org.opencontainers.image.created="$$(git log -1 --format=%cI 2>/dev/null)" \
 		--label org.opencontainers.image.base.name=$(BASE_$*) \
 		--label org.opencontainers.image.base.digest="$$(scripts/image-digest.sh $(BASE_$*))" \
-		--label io.github.eurosat.lock.sha256="$$(sha256sum images/$*/requirements.lock | cut -d' ' -f1)" \
-		--tag $(IMAGE_PREFIX)$*:$(GIT_SHA) --tag $(IMAGE_PREFIX)$*:latest images
+		--label io.github.eurosat.lock.sha256="$$(sha256sum $(IMAGES_DIR)/$*/requirements.lock | cut -d' ' -f1)" \
+		--tag $(IMAGE_PREFIX)$*:$(GIT_SHA) --tag $(IMAGE_PREFIX)$*:latest $(IMAGES_DIR)
 
-lock-images: $(VENV_STAMP) check-docker ## regenerate each image layer's hashed lock (NGC layers against NGC_BASE's constraints)
+lock-images: $(VENV_STAMP) check-docker ## solve each image layer's lock inside NGC_BASE, against its installed packages (LOCK_LAYERS)
 	@$(DOCKER) image inspect $(NGC_BASE) >/dev/null 2>&1 || $(DOCKER) pull $(NGC_BASE)
-	DOCKER=$(DOCKER) NGC_BASE=$(NGC_BASE) scripts/lock-images.sh
+	DOCKER=$(DOCKER) PIP_CA=$(PIP_CA) $(VENV_PY) scripts/lock_images.py --ngc-base $(NGC_BASE) --out $(IMAGES_DIR) $(LOCK_LAYERS)
 
 pin: check-docker ## re-resolve the base image tags in images/versions.env to digests (needs the registries)
 	DOCKER=$(DOCKER) scripts/pin.sh images/versions.env

@@ -1,42 +1,56 @@
 #!/usr/bin/env bash
 # Build local stand-ins for the registry base images, for machines that cannot pull them (CI has no registry).
-#   $STANDIN_CUDA (eurosat/standin-cuda:bookworm)  Debian bookworm + Python 3.11: stands in for nvidia/cuda.
-#   $STANDIN_NGC  (eurosat/standin-ngc:bookworm)   the same + torch/torchvision in the system site-packages,
-#       /etc/pip/constraint.txt listing them and PIP_CONSTRAINT set: stands in for nvcr.io/nvidia/pytorch.
+#   $STANDIN_CUDA (eurosat/standin-cuda:bookworm)  Debian bookworm, no Python: stands in for nvidia/cuda.
+#   $STANDIN_NGC  (eurosat/standin-ngc:25.10)      stands in for nvcr.io/nvidia/pytorch:25.10-py3 as pip sees it:
+#       Python 3.12 and NGC's packages (scripts/standin/ngc-25.10.txt), /etc/pip/constraint.txt, PIP_CONSTRAINT.
 # The Dockerfiles and make targets stay the same; only BASE_IMAGE differs. Needs root, debootstrap and docker.
+# PYTHON312=<prefix> picks the CPython 3.12 to copy (default: pyenv's newest 3.12); PIP_CA a CA bundle for pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DOCKER=${DOCKER:-docker}
 STANDIN_CUDA=${STANDIN_CUDA:-eurosat/standin-cuda:bookworm}
-STANDIN_NGC=${STANDIN_NGC:-eurosat/standin-ngc:bookworm}
+STANDIN_NGC=${STANDIN_NGC:-eurosat/standin-ngc:25.10}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 WORK=${STANDIN_WORKDIR:-/var/tmp/eurosat-standin}
-# torch and torchvision exactly as requirements.lock pins them
-TORCH=$(grep -E '^torch==' requirements.lock | cut -d' ' -f1)
-TORCHVISION=$(grep -E '^torchvision==' requirements.lock | cut -d' ' -f1)
-
-if "$DOCKER" image inspect "$STANDIN_CUDA" "$STANDIN_NGC" >/dev/null 2>&1; then
-  echo "stand-in bases already present: $STANDIN_CUDA $STANDIN_NGC"
-  exit 0
-fi
+# The shared libraries CPython 3.12 links against (ssl, ffi, sqlite, compression, readline, uuid, expat, nsl).
+LIBS=libssl3,libffi8,libsqlite3-0,libbz2-1.0,liblzma5,zlib1g,libreadline8,libncursesw6,libuuid1,libexpat1,libnsl2
 
 rm -rf "$WORK" && mkdir -p "$WORK"
-rootfs="$WORK/rootfs"
-echo "debootstrap bookworm into $rootfs"
-debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates,passwd \
-  bookworm "$rootfs" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log"; exit 1; }
-rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-tar -C "$rootfs" -c . | "$DOCKER" import --change 'CMD ["bash"]' - "$STANDIN_CUDA" >/dev/null
-echo "built $STANDIN_CUDA"
+trap 'rm -rf "$WORK"' EXIT
 
-# NGC installs into the system Python, without the Debian 'externally managed' guard.
-rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED
-site="$rootfs/usr/local/lib/python3.11/dist-packages"
-python3.11 -m pip install --quiet --no-warn-script-location --target "$site" "$TORCH" "$TORCHVISION"
-mkdir -p "$rootfs/etc/pip"
-python3.11 -m pip list --path "$site" --format freeze >"$rootfs/etc/pip/constraint.txt"
-tar -C "$rootfs" -c . | "$DOCKER" import --change 'CMD ["bash"]' --change 'ENV PIP_CONSTRAINT=/etc/pip/constraint.txt' \
-  - "$STANDIN_NGC" >/dev/null
-echo "built $STANDIN_NGC ($(wc -l <"$rootfs/etc/pip/constraint.txt") packages in /etc/pip/constraint.txt)"
-rm -rf "$WORK"
+if "$DOCKER" image inspect "$STANDIN_CUDA" >/dev/null 2>&1; then
+  echo "stand-in base already present: $STANDIN_CUDA"
+else
+  rootfs="$WORK/rootfs"
+  echo "debootstrap bookworm into $rootfs"
+  debootstrap --variant=minbase --include="ca-certificates,passwd,$LIBS" bookworm "$rootfs" "$MIRROR" \
+    >"$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log"; exit 1; }
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | "$DOCKER" import --change 'CMD ["bash"]' - "$STANDIN_CUDA" >/dev/null
+  rm -rf "$rootfs"
+  echo "built $STANDIN_CUDA"
+fi
+
+# The NGC stand-in is a BuildKit build on top: its layer cache makes a rebuild with unchanged inputs quick.
+context="$WORK/ngc"
+mkdir -p "$context/python"
+python312=${PYTHON312:-$(find "${PYENV_ROOT:-$HOME/.pyenv}/versions" -maxdepth 1 -name '3.12.*' 2>/dev/null | sort -V | tail -n 1)}
+if [[ -n $python312 && -x $python312/bin/python3.12 ]]; then
+  # the interpreter and its standard library, without its test suite and whatever its site-packages hold
+  tar -C "$python312" --exclude='./lib/python3.12/test' --exclude='./lib/python3.12/site-packages/*' -c . |
+    tar -C "$context/python" -x
+  echo "stand-in NGC gets Python $("$python312/bin/python3.12" -c 'import platform; print(platform.python_version())') from $python312"
+else
+  echo "warning: no CPython 3.12 build found (set PYTHON312 or install one with pyenv): the stand-in NGC gets" \
+    "Debian's Python 3.11, unlike NGC's 3.12, and the image locks will not match it" >&2
+fi
+cp images/cuda-base/requirements.lock "$context/cuda-base.lock"
+cp -r scripts/standin "$context/standin"
+secret=()
+if [[ -n ${PIP_CA:-} ]]; then secret=(--secret "id=pip-ca,src=$PIP_CA"); fi
+DOCKER_BUILDKIT=1 "$DOCKER" build --quiet --file scripts/standin/ngc.Dockerfile --build-arg "BASE_IMAGE=$STANDIN_CUDA" \
+  "${secret[@]}" --tag "$STANDIN_NGC" "$context" >/dev/null
+# shellcheck disable=SC2016 # expanded in the container
+echo "built $STANDIN_NGC: $("$DOCKER" run --rm "$STANDIN_NGC" sh -c \
+  'echo "$(python3 --version), $(grep -c == /etc/pip/constraint.txt) packages in $PIP_CONSTRAINT"')"

@@ -9,7 +9,7 @@ from conftest import REPO
 DOCKER = os.environ.get("DOCKER", "docker")
 IMAGES = ("cuda-base", "torch-ngc", "lightning", "jupyter")
 STANDIN_CUDA = "eurosat/standin-cuda:bookworm"
-STANDIN_NGC = "eurosat/standin-ngc:bookworm"
+STANDIN_NGC = "eurosat/standin-ngc:25.10"
 
 
 def make_settings() -> list[str]:

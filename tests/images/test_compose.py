@@ -135,43 +135,41 @@ def test_missing_env_value_is_one_clear_line(built_images, dotenv):
     assert "error: TENSORBOARD_PORT has no value in .env" in result.stderr
 
 
-def test_changing_the_jupyter_lock_rebuilds_only_that_layer(built_images):
-    lock = REPO / "images" / "jupyter" / "requirements.lock"
-    original = lock.read_text()
+def test_changing_the_jupyter_lock_rebuilds_only_that_layer(built_images, tmp_path):
+    images = tmp_path / "images"  # a copy: tests never edit the working tree
+    shutil.copytree(REPO / "images", images)
+    lock = images / "jupyter" / "requirements.lock"
+    lock.write_text(lock.read_text() + f"# a change to the jupyter layer only, {time.time()}\n")  # unique: no cache hit
     parents = {name: image_id(name) for name in ("torch-ngc", "lightning")}
     try:
-        lock.write_text(original + f"# a change to the jupyter layer only, {time.time()}\n")  # unique: no cache hit
         start = time.perf_counter()
-        result = make("image-jupyter")
+        result = make("image-jupyter", f"IMAGES_DIR={images}")
         warm = time.perf_counter() - start
         print(f"\nwarm rebuild of jupyter after a lock change: {warm:.0f} s (cold make images: {built_images['seconds']:.0f} s)")
         assert {name: image_id(name) for name in parents} == parents  # the parents were not rebuilt
         assert image_id("jupyter") != built_images["ids"]["jupyter"]
         log = result.stdout + result.stderr
         assert "FROM docker.io/eurosat/lightning:latest" in log and "image-lightning" not in log
-        install_step = re.search(r"^(#\d+) \[.*\] RUN .*pip install", log, re.M).group(1)
+        install_step = re.search(r"^(#\d+) \[.*\] RUN .*install-layer", log, re.M).group(1)
         assert f"{install_step} CACHED" not in log  # the jupyter layer's install really ran again
     finally:
-        lock.write_text(original)
-        make("image-jupyter")
+        make("image-jupyter")  # back to the repository's own lock
 
 
-def test_a_tampered_hash_in_an_image_lock_fails_the_build(built_images):
+def test_a_tampered_hash_in_an_image_lock_fails_the_build(built_images, tmp_path):
     from test_lock import tamper_hashes
 
-    lock = REPO / "images" / "jupyter" / "requirements.lock"
-    original = lock.read_text()
-    before = image_id("jupyter")
-    tampered, package = tamper_hashes(original, "jupyterlab")  # installed by this layer (pip skips what is)
-    try:
-        lock.write_text(tampered)
-        result = make("image-jupyter", check=False)
-    finally:
-        lock.write_text(original)
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    lock = images / "lightning" / "requirements.lock"
+    tampered, package = tamper_hashes(lock.read_text(), "pytorch-lightning")
+    lock.write_text(tampered)
+    before = image_id("lightning")
+    result = make("image-lightning", f"IMAGES_DIR={images}", check=False)
     log = result.stdout + result.stderr
     assert result.returncode != 0
     assert "THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE" in log and package in log
-    assert image_id("jupyter") == before  # the previous image stays in place
+    assert image_id("lightning") == before  # the previous image stays in place
 
 
 def test_compose_files_validate(built_images):

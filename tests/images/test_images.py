@@ -11,12 +11,43 @@ import pytest
 from conftest import REPO
 from engine import IMAGES, STANDIN_NGC, docker, image_id, make
 
+TRAINING = ["torch", "torchvision", "timm", "skimage", "sklearn.model_selection", "tifffile", "tensorboard", "tqdm"]
 PACKAGES = {
     "cuda-base": ["torch", "torchvision"],
-    "torch-ngc": ["torch", "torchvision", "timm", "skimage", "sklearn", "tifffile", "tensorboard", "tqdm"],
-    "lightning": ["timm", "skimage", "pytorch_lightning", "torchmetrics"],
-    "jupyter": ["timm", "pytorch_lightning", "jupyterlab", "nbclient", "tensorboard"],
+    "torch-ngc": TRAINING,
+    "lightning": [*TRAINING, "pytorch_lightning", "torchmetrics"],
+    "jupyter": [*TRAINING, "pytorch_lightning", "torchmetrics", "jupyterlab", "nbclient", "ipykernel"],
 }
+# A forward and backward pass, on timm's model where the image has timm (torchvision's otherwise).
+BACKWARD = """
+import torch, {module}
+model = {model}
+x = torch.randn(4, 3, 64, 64)
+loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3]))
+loss.backward()
+assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+print("backward ok", float(loss))
+"""
+# One tiny Lightning epoch: fit, then validate, on random tensors.
+FIT = """
+import torch, pytorch_lightning as pl
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(8, 2)
+    def training_step(self, batch, _):
+        return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+    def validation_step(self, batch, _):
+        self.log("val_loss", torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1]))
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 2, (64,)))
+loader = torch.utils.data.DataLoader(data, batch_size=16)
+trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     default_root_dir="/tmp")
+trainer.fit(Tiny(), loader, loader)
+print("fit ok", trainer.global_step, float(trainer.callback_metrics["val_loss"]))
+"""
 
 
 def run_in(image: str, *command: str) -> str:
@@ -28,6 +59,20 @@ def test_packages_import_and_pip_check_passes(built_images, image):
     imports = "; ".join(f"import {name}" for name in PACKAGES[image])
     run_in(image, "python3", "-c", imports)
     assert "No broken requirements" in run_in(image, "python3", "-m", "pip", "check")
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_a_model_trains_a_step_in_every_image(built_images, image):
+    if image == "cuda-base":
+        probe = BACKWARD.format(module="torchvision", model="torchvision.models.resnet18(num_classes=4)")
+    else:
+        probe = BACKWARD.format(module="timm", model="timm.create_model('resnet10t', num_classes=4)")
+    assert run_in(image, "python3", "-c", probe).startswith("backward ok")
+
+
+@pytest.mark.parametrize("image", ["lightning", "jupyter"])
+def test_lightning_fits_one_tiny_epoch(built_images, image):
+    assert run_in(image, "python3", "-c", FIT).splitlines()[-1].startswith("fit ok 4 ")
 
 
 @pytest.mark.parametrize("image", ["torch-ngc", "lightning", "jupyter"])

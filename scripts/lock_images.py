@@ -1,0 +1,158 @@
+"""Solve each image layer's hashed lock against the base it is built on (make lock-images).
+
+    python scripts/lock_images.py --ngc-base IMAGE [--out DIR] LAYER...      (layers in build order)
+
+cuda-base is a virtual environment over a base without Python packages: a universal lock (uv, every platform,
+Python >= 3.11). Every other layer is solved inside one throwaway container of the NGC base, in build order:
+pip itself resolves the layer's requirements.in with the base's PIP_CONSTRAINT in force and every installed
+distribution as a constraint (the base's own versions, pre-releases like NGC's torch included), for the base's
+Python and platform. The lock holds only what the base lacks, one hashed file per package, and records the
+base's fingerprint (images/common/base-fingerprint.py) for the build to check. The lock is then installed in
+that container exactly as the image build does, so the next layer is solved against it. Needs docker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from lock import seal
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = os.environ.get("DOCKER", "docker")
+WORK = "/lock"  # where the container sees the scratch folder
+
+
+def docker(*args: str) -> str:
+    result = subprocess.run([DOCKER, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"error: {DOCKER} {' '.join(args[:3])}... failed:\n{result.stdout[-2000:]}{result.stderr[-4000:]}")
+    return result.stdout.strip()
+
+
+def lock_cuda_base(out: Path) -> None:
+    """The plain-CUDA root: torch and torchvision in a venv, so a universal lock fits any Python >= 3.11 base."""
+    lock = out / "cuda-base" / "requirements.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    uv = Path(sys.executable).with_name("uv")
+    source = REPO / "images" / "cuda-base" / "requirements.in"
+    command = [str(uv), "pip", "compile", str(source), "--universal", "--python-version", "3.11", "--generate-hashes"]
+    command += ["--quiet", "--custom-compile-command", "make lock-images", "-o", str(lock)]
+    subprocess.run(command, check=True)
+    seal(lock)
+    print(f"locked {lock} (universal)")
+
+
+def via(items: list[dict], environment: dict) -> tuple[dict[str, list[str]], list[str]]:
+    """For each package pip would install, the packages installed with it that require it. A package pulled in
+    only through an extra of a base package's requirement (pytorch-lightning's fsspec[http]) gets that extra."""
+    names = {canonicalize_name(item["metadata"]["name"]) for item in items}
+    parents: dict[str, list[str]] = {name: [] for name in names}
+    extras = []
+    for item in items:
+        parent = canonicalize_name(item["metadata"]["name"])
+        for line in item["metadata"].get("requires_dist", []):
+            requirement = Requirement(line)
+            if requirement.marker and not requirement.marker.evaluate({**environment, "extra": ""}):
+                continue
+            wanted = canonicalize_name(requirement.name)
+            if wanted in names:
+                parents[wanted].append(parent)
+            elif requirement.extras:
+                extras.append(f"{parent} ({requirement.name}[{','.join(sorted(requirement.extras))}])")
+    return parents, extras
+
+
+def lock_text(layer: str, report: dict, fingerprint: str, base: str) -> str:
+    items = sorted(report["install"], key=lambda item: canonicalize_name(item["metadata"]["name"]))
+    parents, extras = via(items, report["environment"])
+    lines = [
+        f"# base: {fingerprint}",
+        f"# base image: {base}",
+        f"# Solved by `make lock-images` from images/{layer}/requirements.in inside that base, with its constraint file",
+        "# and installed versions in force: only what the base lacks, one file per package for its Python and platform.",
+    ]
+    for item in items:
+        name, version = canonicalize_name(item["metadata"]["name"]), item["metadata"]["version"]
+        archive = item["download_info"].get("archive_info", {})
+        digest = archive.get("hashes", {}).get("sha256") or archive.get("hash", "").partition("sha256=")[2]
+        if not digest:
+            sys.exit(f"error: pip reported no sha256 for {name} {version} ({item['download_info'].get('url')})")
+        sources = (["-r requirements.in"] if item.get("requested") else []) + sorted(parents[name])
+        sources = sources or [f"an extra: {', '.join(extras)}"]
+        lines += [f"{name}=={version} \\", f"    --hash=sha256:{digest}", f"    # via {', '.join(sources)}"]
+    return "\n".join(lines) + "\n"
+
+
+class BaseContainer:
+    """One throwaway container of the NGC base that the layers are solved and installed into, in order."""
+
+    def __init__(self, image: str, scratch: Path):
+        self.image = image
+        mounts = ["-v", f"{scratch}:{WORK}"]
+        if os.environ.get("PIP_CA"):  # a TLS-intercepting network: pip needs its CA bundle
+            mounts += ["-v", f"{os.environ['PIP_CA']}:/run/secrets/pip-ca:ro", "-e", "PIP_CERT=/run/secrets/pip-ca"]
+        self.id = docker("run", "-d", "--rm", "--user", "root", "--entrypoint", "sleep", *mounts, image, "infinity")
+
+    def run(self, *command: str) -> str:
+        return docker("exec", self.id, *command)
+
+    def close(self) -> None:
+        subprocess.run([DOCKER, "exec", self.id, "chmod", "-R", "a+rwX", WORK], capture_output=True)  # root wrote there
+        subprocess.run([DOCKER, "rm", "-f", self.id], capture_output=True)
+
+
+def lock_ngc_layers(layers: list[str], ngc_base: str, out: Path) -> None:
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        os.chmod(scratch, 0o777)
+        (scratch / "base-fingerprint.py").write_bytes((REPO / "images" / "common" / "base-fingerprint.py").read_bytes())
+        container = BaseContainer(ngc_base, scratch)
+        base = f"{ngc_base} ({docker('image', 'inspect', '--format', '{{.Id}}', ngc_base)})"
+        try:
+            for layer in layers:
+                (scratch / f"{layer}.in").write_bytes((REPO / "images" / layer / "requirements.in").read_bytes())
+                fingerprint = container.run("python3", f"{WORK}/base-fingerprint.py", "show")
+                container.run("sh", "-c", f"python3 {WORK}/base-fingerprint.py freeze >{WORK}/installed.txt")
+                container.run(
+                    "python3", "-m", "pip", "install", "--dry-run", "--quiet", "--only-binary=:all:",
+                    "--report", f"{WORK}/{layer}.json", "-r", f"{WORK}/{layer}.in", "-c", f"{WORK}/installed.txt",
+                )  # fmt: skip
+                report = json.loads((scratch / f"{layer}.json").read_text())
+                lock = out / layer / "requirements.lock"
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                lock.write_text(lock_text(layer, report, fingerprint, base))
+                seal(lock)
+                (scratch / f"{layer}.lock").write_bytes(lock.read_bytes())
+                container.run(
+                    "python3", "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps", "-r", f"{WORK}/{layer}.lock"
+                )
+                container.run("python3", "-m", "pip", "check")
+                container.run("python3", f"{WORK}/base-fingerprint.py", "unchanged", f"{WORK}/installed.txt")
+                print(f"locked {lock}: {len(report['install'])} packages the base lacks")
+                base = f"{ngc_base} + images/{layer}/requirements.lock"
+        finally:
+            container.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("layers", nargs="+", help="image names in build order")
+    parser.add_argument("--ngc-base", required=True, help="the NGC image (or its stand-in) the layers are built on")
+    parser.add_argument("--out", type=Path, default=REPO / "images", help="where <layer>/requirements.lock go")
+    args = parser.parse_args()
+    if "cuda-base" in args.layers:
+        lock_cuda_base(args.out)
+    lock_ngc_layers([layer for layer in args.layers if layer != "cuda-base"], args.ngc_base, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

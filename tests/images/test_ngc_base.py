@@ -1,0 +1,132 @@
+"""The NGC layers on an NGC-like base: locks solved against the base's own packages, a fingerprint the build
+checks before pip runs, and nothing NVIDIA installed changed by any layer, by pip or by uv."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from conftest import REPO
+from engine import DOCKER, STANDIN_NGC, docker, image_id, make
+
+NGC_LAYERS = ("torch-ngc", "lightning", "jupyter")
+PARENT = {"torch-ngc": STANDIN_NGC, "lightning": "eurosat/torch-ngc:latest", "jupyter": "eurosat/lightning:latest"}
+
+
+def pip_network() -> list[str]:
+    """docker run options that let pip and uv in a container reach the index through a TLS-intercepting proxy."""
+    ca = os.environ.get("PIP_CA")
+    if not ca:
+        return []
+    return ["-v", f"{ca}:/run/ca.crt:ro", "-e", "PIP_CERT=/run/ca.crt", "-e", "SSL_CERT_FILE=/run/ca.crt"]
+
+
+def sh(image: str, script: str, *options: str, check: bool = True):
+    return docker("run", "--rm", *options, "--entrypoint", "sh", image, "-c", script, check=check, timeout=900)
+
+
+def base_fingerprint(image: str, command: str) -> str:
+    """images/common/base-fingerprint.py run by the image's own Python (the stand-in NGC does not have it)."""
+    script = (REPO / "images" / "common" / "base-fingerprint.py").read_text()
+    result = subprocess.run([DOCKER, "run", "--rm", "-i", "--entrypoint", "python3", image, "-", command],
+                            input=script, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def freeze(image: str) -> dict[str, str]:
+    return dict(line.split("==", 1) for line in base_fingerprint(image, "freeze").split())
+
+
+@pytest.fixture(scope="module")
+def base_packages(built_images) -> dict[str, str]:
+    """What the stand-in NGC has installed, and what its /etc/pip/constraint.txt pins (the same set)."""
+    constraint = dict(line.lower().split("==", 1) for line in sh(STANDIN_NGC, "cat /etc/pip/constraint.txt").stdout.split())
+    assert constraint["torch"] == "2.9.0a0+145a3a7bda.nv25.10" and constraint["numpy"] == "1.26.4"
+    return constraint
+
+
+def test_the_stand_in_behaves_like_ngc_for_pip(base_packages):
+    probe = (
+        "python3 --version; echo $PIP_CONSTRAINT; python3 -c 'import torch; print(torch.__version__)'; pip list | grep -ci nvidia"
+    )
+    python, constraint, torch, nvidia = sh(STANDIN_NGC, probe, check=False).stdout.split("\n")[:4]
+    assert python.startswith("Python 3.12") and constraint == "/etc/pip/constraint.txt"
+    assert torch == base_packages["torch"] and nvidia == "0"  # CUDA is not a pip package there, as on NGC
+    assert len(base_packages) > 100
+
+
+@pytest.mark.parametrize("layer", NGC_LAYERS)
+def test_each_committed_lock_was_solved_against_the_base_it_is_built_on(built_images, layer):
+    recorded = re.search(r"^# base: (.+)$", (REPO / "images" / layer / "requirements.lock").read_text(), re.M).group(1)
+    assert recorded == base_fingerprint(PARENT[layer], "show")
+
+
+@pytest.mark.parametrize("layer", NGC_LAYERS)
+def test_no_package_of_the_base_changed_in_any_layer(base_packages, layer):
+    installed = freeze(f"eurosat/{layer}:latest")
+    changed = {name: (version, installed.get(name)) for name, version in base_packages.items() if installed.get(name) != version}
+    assert changed == {}
+    assert installed["numpy"] == "1.26.4"
+    lock = (REPO / "images" / layer / "requirements.lock").read_text()
+    assert not [name for name in base_packages if re.search(rf"^{re.escape(name)}==", lock, re.M)]  # only what NGC lacks
+
+
+def test_a_lock_solved_against_another_base_stops_the_build_in_one_line(built_images, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    lock = images / "torch-ngc" / "requirements.lock"
+    text = lock.read_text()
+    other = "python=3.12 platform=linux-x86_64 constraint=sha256:" + "0" * 64 + " packages=sha256:" + "1" * 64
+    lock.write_text(re.sub(r"^# base: .+$", f"# base: {other}", text, count=1, flags=re.M))
+    before = image_id("torch-ngc")
+    result = make("image-torch-ngc", f"IMAGES_DIR={images}", check=False)
+    assert result.returncode != 0
+    log = result.stdout + result.stderr
+    errors = {line[line.index("error: ") :] for line in log.splitlines() if "error: images/torch-ngc/requirements.lock" in line}
+    assert len(errors) == 1, log[-3000:]  # one message (BuildKit repeats a failed step's last lines)
+    (error,) = errors
+    here = re.search(r"^# base: (.+)$", text, re.M).group(1)
+    assert f"lock has {other}; {STANDIN_NGC} has {here}" in error
+    assert f"run 'make lock-images NGC_BASE={STANDIN_NGC}'" in error
+    assert image_id("torch-ngc") == before  # the previous image stays
+
+
+def test_pip_cannot_replace_a_package_of_the_base(built_images):
+    """PIP_CONSTRAINT is in force in the built image, as on NGC: asking for another numpy is refused."""
+    result = sh("eurosat/lightning:latest", "pip install --dry-run numpy==2.0.2", "--user", "root", *pip_network(), check=False)
+    assert result.returncode != 0
+    assert "ResolutionImpossible" in result.stderr and "numpy==1.26.4" in result.stderr
+
+
+def test_uv_cannot_replace_the_base_torch_either(built_images, base_packages):
+    """The image sets UV_CONSTRAINT to NGC's constraint file: `uv pip install --upgrade torch` keeps NVIDIA's torch
+    (or refuses), while the same command without it would install PyPI's torch over it."""
+    script = (
+        "pip install --quiet uv && "
+        "(env -u UV_CONSTRAINT uv pip install --system --upgrade --dry-run torch 2>&1 | grep -E '^ [-+] torch==' || true) && "
+        "echo ---; uv pip install --system --upgrade torch; echo rc=$?; "
+        "python3 -c 'import torch; print(torch.__version__)'"
+    )
+    result = sh("eurosat/torch-ngc:latest", script, "--user", "root", *pip_network())
+    unguarded, guarded = result.stdout.split("---\n")
+    assert f"- torch=={base_packages['torch']}" in unguarded and "+ torch==" in unguarded  # the threat is real
+    assert guarded.splitlines()[-1] == base_packages["torch"]  # and the guard holds
+
+
+def test_make_lock_images_solves_each_layer_inside_the_base(built_images, base_packages, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    for layer in NGC_LAYERS:
+        (images / layer / "requirements.lock").unlink()
+    make("lock-images", "LOCK_LAYERS=torch-ngc lightning jupyter", f"IMAGES_DIR={images}", timeout=900)
+    for layer in NGC_LAYERS:
+        lock = (images / layer / "requirements.lock").read_text()
+        committed = (REPO / "images" / layer / "requirements.lock").read_text()
+        assert re.search(r"^# base: .+$", lock, re.M).group(0) == re.search(r"^# base: .+$", committed, re.M).group(0)
+        pinned = re.findall(r"^([a-z0-9-]+)==", lock, re.M)
+        assert not set(pinned) & set(base_packages)  # only what the base lacks
+        for name in re.findall(r"^([a-z0-9-]+)", (REPO / "images" / layer / "requirements.in").read_text(), re.M):
+            assert name in pinned or name in base_packages or name in freeze(PARENT[layer]), name
+    assert docker("ps", "--quiet", "--filter", f"ancestor={STANDIN_NGC}").stdout.strip() == ""  # the container is gone
