@@ -8,7 +8,8 @@ pip itself resolves the layer's requirements.in with the base's PIP_CONSTRAINT i
 distribution as a constraint (the base's own versions, pre-releases like NGC's torch included), for the base's
 Python and platform. The lock holds only what the base lacks, one hashed file per package, and records the
 base's fingerprint (images/common/base-fingerprint.py) for the build to check. The lock is then installed in
-that container exactly as the image build does, so the next layer is solved against it. Needs docker.
+that container exactly as the image build does (images/common/install-layer.sh), so the next layer is solved
+against it; a layer's lock in --out is replaced only after that install passed. Needs docker.
 """
 
 from __future__ import annotations
@@ -92,14 +93,16 @@ def lock_text(layer: str, report: dict, fingerprint: str, base: str) -> str:
 
 
 class BaseContainer:
-    """One throwaway container of the NGC base that the layers are solved and installed into, in order."""
+    """One throwaway container of the NGC base that the layers are solved and installed into, in order, with the
+    image build's own scripts (images/common) on its PATH."""
 
     def __init__(self, image: str, scratch: Path):
-        self.image = image
         mounts = ["-v", f"{scratch}:{WORK}"]
         if os.environ.get("PIP_CA"):  # a TLS-intercepting network: pip needs its CA bundle
             mounts += ["-v", f"{os.environ['PIP_CA']}:/run/secrets/pip-ca:ro", "-e", "PIP_CERT=/run/secrets/pip-ca"]
         self.id = docker("run", "-d", "--rm", "--user", "root", "--entrypoint", "sleep", *mounts, image, "infinity")
+        for script, name in (("base-fingerprint.py", "base-fingerprint"), ("install-layer.sh", "install-layer")):
+            docker("cp", str(REPO / "images" / "common" / script), f"{self.id}:/usr/local/bin/{name}")
 
     def run(self, *command: str) -> str:
         return docker("exec", self.id, *command)
@@ -113,29 +116,26 @@ def lock_ngc_layers(layers: list[str], ngc_base: str, out: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         os.chmod(scratch, 0o777)
-        (scratch / "base-fingerprint.py").write_bytes((REPO / "images" / "common" / "base-fingerprint.py").read_bytes())
         container = BaseContainer(ngc_base, scratch)
         base = f"{ngc_base} ({docker('image', 'inspect', '--format', '{{.Id}}', ngc_base)})"
         try:
             for layer in layers:
                 (scratch / f"{layer}.in").write_bytes((REPO / "images" / layer / "requirements.in").read_bytes())
-                fingerprint = container.run("python3", f"{WORK}/base-fingerprint.py", "show")
-                container.run("sh", "-c", f"python3 {WORK}/base-fingerprint.py freeze >{WORK}/installed.txt")
+                fingerprint = container.run("base-fingerprint", "show")
+                container.run("sh", "-c", f"base-fingerprint freeze >{WORK}/installed.txt")
                 container.run(
                     "python3", "-m", "pip", "install", "--dry-run", "--quiet", "--only-binary=:all:",
                     "--report", f"{WORK}/{layer}.json", "-r", f"{WORK}/{layer}.in", "-c", f"{WORK}/installed.txt",
                 )  # fmt: skip
                 report = json.loads((scratch / f"{layer}.json").read_text())
+                candidate = scratch / f"{layer}.lock"
+                candidate.write_text(lock_text(layer, report, fingerprint, base))
+                seal(candidate)
+                # installed as the build installs it; the committed lock is replaced only once that worked
+                container.run("install-layer", f"{WORK}/{layer}.lock", f"images/{layer}/requirements.lock", ngc_base)
                 lock = out / layer / "requirements.lock"
                 lock.parent.mkdir(parents=True, exist_ok=True)
-                lock.write_text(lock_text(layer, report, fingerprint, base))
-                seal(lock)
-                (scratch / f"{layer}.lock").write_bytes(lock.read_bytes())
-                container.run(
-                    "python3", "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps", "-r", f"{WORK}/{layer}.lock"
-                )
-                container.run("python3", "-m", "pip", "check")
-                container.run("python3", f"{WORK}/base-fingerprint.py", "unchanged", f"{WORK}/installed.txt")
+                lock.write_bytes(candidate.read_bytes())
                 print(f"locked {lock}: {len(report['install'])} packages the base lacks")
                 base = f"{ngc_base} + images/{layer}/requirements.lock"
         finally:
