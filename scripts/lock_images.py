@@ -148,6 +148,10 @@ def main() -> int:
     parser.add_argument("--ngc-base", required=True, help="the NGC image (or its stand-in) the layers are built on")
     parser.add_argument("--out", type=Path, default=REPO / "images", help="where <layer>/requirements.lock go")
     args = parser.parse_args()
+    unknown = [layer for layer in args.layers if not (REPO / "images" / layer / "requirements.in").is_file()]
+    if unknown:
+        known = sorted(path.parent.name for path in (REPO / "images").glob("*/requirements.in"))
+        sys.exit(f"error: no images/<layer>/requirements.in for {' '.join(unknown)}: LOCK_LAYERS takes {' '.join(known)}")
     if "cuda-base" in args.layers:
         lock_cuda_base(args.out)
     lock_ngc_layers([layer for layer in args.layers if layer != "cuda-base"], args.ngc_base, args.out)

@@ -4,6 +4,7 @@
 import re
 import shutil
 import subprocess
+import sys
 
 from conftest import REPO, run
 
@@ -38,3 +39,11 @@ def test_make_lock_check_names_a_tampered_image_lock(tmp_path):
     result = run("make", "lock-check", f"IMAGES_DIR={images}", check=False)
     assert result.returncode != 0
     assert f"error: {lock} was changed after it was generated" in result.stderr
+
+
+def test_lock_images_names_an_unknown_layer_in_one_line():
+    result = run(sys.executable, "scripts/lock_images.py", "--ngc-base", "any", "torch-ngc", "nope", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: no images/<layer>/requirements.in for nope: LOCK_LAYERS takes cuda-base jupyter lightning torch-ngc"
+    ]
