@@ -7,19 +7,24 @@ MAKEFLAGS += --no-print-directory
 
 PYTHON ?= python3
 VENV ?= .venv
-PROJECT ?= eurosat-amp
 ARGS ?=
 DATA ?= data/eurosat
 VARIANT ?= ms
 -include .env
 export EUROSAT_CACHE_DIR
 
+# --- projects: projects/<name>/project.toml says which image a project trains in and how it launches ---
+MANIFEST := $(PYTHON) src/eurosat/manifest.py
+PROJECTS := $(shell $(MANIFEST) projects)
+ifeq ($(origin PROJECT),undefined)
+PROJECT := $(shell $(MANIFEST) default 2>/dev/null)
+endif
+PROJECT_IMAGE = $(shell $(MANIFEST) image $(PROJECT) 2>/dev/null)
+
 # --- images ---------------------------------------------------------------------------------------
 include images/versions.env
-# Images in build order (Dockerfiles in images/<name>/); lightning and jupyter are built FROM their parent.
-IMAGES := cuda-base torch-ngc lightning jupyter
-PARENT_lightning := torch-ngc
-PARENT_jupyter := lightning
+# IMAGES in build order and each one's PARENT_<image>: another image, or the root base CUDA_BASE or NGC_BASE
+include images/hierarchy.env
 DOCKER ?= docker
 IMAGE_PREFIX ?= eurosat/
 # The build context: the Dockerfiles and the locks (tests point it at a copy)
@@ -32,13 +37,8 @@ PIP_CA ?=
 comma := ,
 CUDA_BASE ?= $(CUDA_IMAGE)
 NGC_BASE ?= $(NGC_IMAGE)
-BASE_cuda-base = $(CUDA_BASE)
-BASE_torch-ngc = $(NGC_BASE)
-BASE_lightning = $(IMAGE_PREFIX)torch-ngc:latest
-BASE_jupyter = $(IMAGE_PREFIX)lightning:latest
-# The image each project trains in.
-IMAGE_FOR_eurosat-amp := torch-ngc
-IMAGE_FOR_eurosat-lightning := lightning
+# The image an image is built FROM: its parent image's latest tag, or the root base's reference
+base_of = $(if $(filter $(PARENT_$(1)),$(IMAGES)),$(IMAGE_PREFIX)$(PARENT_$(1)):latest,$($(PARENT_$(1))))
 GIT_SHA := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
 # The container user gets the host user's ids, so files written into runs/ stay the host user's.
 HOST_UID := $(shell id -u)
@@ -56,12 +56,11 @@ GPUS ?=
 NODES ?= 1
 CACHE_DIR ?= .cache/eurosat
 
-PROJECTS := $(sort $(patsubst projects/%/train.py,%,$(wildcard projects/*/train.py)))
 VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
-.PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-images clean \
-	check-project check-docker images image-ngc lock-images pin push shell notebook execute down
+.PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
+	new-project check-project check-docker images image-ngc lock-images pin push shell notebook execute down
 
 help: ## list the targets
 	@echo "EuroSAT deep-learning monorepo. Projects: $(PROJECTS)"
@@ -79,25 +78,24 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 venv: $(VENV_STAMP) ## create .venv from requirements.lock (every file hash-checked)
 
 check-project:
-	@if [[ ! -f projects/$(PROJECT)/train.py ]]; then \
-		echo "error: unknown PROJECT=$(PROJECT); valid projects: $(PROJECTS)" >&2; exit 2; fi
+	@$(MANIFEST) check "$(PROJECT)"
 
 train: check-project ## train PROJECT on DATA with ARGS="..." [RUNNER=docker|local] [GPUS=N]
 	@$(MAKE) train-$(RUNNER)
 
 train-local: check-project $(VENV_STAMP)
-	$(VENV_PY) projects/$(PROJECT)/train.py train --data $(DATA) $(ARGS)
+	$$($(MANIFEST) launch $(PROJECT) "$(GPUS)" $(VENV_PY)) --data $(DATA) $(ARGS)
 
 train-docker: check-project check-docker $(COMPOSE_DEP)
 	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
-	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest >/dev/null 2>&1 || $(MAKE) image-$(IMAGE_FOR_$(PROJECT))
-	@$(call compose_env) scripts/compose.sh run --rm train \
-		python3 $(if $(GPUS),-m torch.distributed.run --standalone --nproc_per_node $(GPUS)) projects/$(PROJECT)/train.py train --data /data $(ARGS)
+	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
+	@$(call compose_env) scripts/compose.sh run --rm train $$($(MANIFEST) launch $(PROJECT) "$(GPUS)") --data /data $(ARGS)
 
 train-nodes: check-project check-docker $(COMPOSE_DEP) ## train PROJECT on two containers acting as two nodes (torchrun c10d rendezvous, ARGS, GPUS per node)
 	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
-	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest >/dev/null 2>&1 || $(MAKE) image-$(IMAGE_FOR_$(PROJECT))
-	@$(call compose_env) PROJECT=$(PROJECT) TRAIN_ARGS="$(ARGS)" NPROC_PER_NODE=$(or $(GPUS),1) scripts/train-nodes.sh
+	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
+	@$(call compose_env) TRAIN_ARGS="$$($(MANIFEST) layout $(PROJECT) 2 $(or $(GPUS),1)) $(ARGS)" NPROC_PER_NODE=$(or $(GPUS),1) \
+		scripts/train-nodes.sh
 
 data: $(VENV_STAMP) ## download EuroSAT into DATA (VARIANT=ms: 13-band TIFF, 2 GB; VARIANT=rgb: JPEG)
 	$(VENV_PY) -m eurosat.download --variant $(VARIANT) --out $(DATA)
@@ -122,7 +120,10 @@ lock-check: $(VENV_STAMP) ## fail when a lock no longer matches its input or was
 lint: $(VENV_STAMP) ## pre-commit on every file: ruff, hadolint, shellcheck, hygiene
 	PATH="$(abspath $(VENV))/bin:$$PATH" pre-commit run --all-files --show-diff-on-failure
 
-test: $(VENV_STAMP) ## run the test suite (CPU, offline; the image tests are make test-images)
+test: $(VENV_STAMP) ## the fast tests, a few minutes (CPU, offline): in-process, no slow marker
+	$(VENV_PY) -m pytest --ignore=tests/images -m "not slow"
+
+test-all: $(VENV_STAMP) ## every test but the image tests: real processes, signals, torchrun (CPU, offline)
 	$(VENV_PY) -m pytest --ignore=tests/images
 
 check-docker:
@@ -132,18 +133,19 @@ image-ngc: image-torch-ngc ## build torch-ngc: NGC PyTorch + training dependenci
 
 images: $(addprefix image-,$(IMAGES)) ## build every image, in order
 
-image-%: check-docker ## build one image (cuda-base, torch-ngc, lightning, jupyter); a missing parent is built first
-	@if [[ ! -f $(IMAGES_DIR)/$*/Dockerfile ]]; then echo "error: no image '$*'; images: $(IMAGES)" >&2; exit 2; fi
-	@if [[ -n "$(PARENT_$*)" ]] && ! $(DOCKER) image inspect $(BASE_$*) >/dev/null 2>&1; then $(MAKE) image-$(PARENT_$*); fi
+image-%: check-docker ## build one image (IMAGES in images/hierarchy.env); a missing parent is built first
+	@if [[ -z "$(filter $*,$(IMAGES))" ]]; then echo "error: no image '$*'; images: $(IMAGES)" >&2; exit 2; fi
+	@if [[ -n "$(filter $(PARENT_$*),$(IMAGES))" ]] && ! $(DOCKER) image inspect $(call base_of,$*) >/dev/null 2>&1; then \
+		$(MAKE) image-$(PARENT_$*); fi
 	DOCKER_BUILDKIT=1 $(DOCKER) build --file $(IMAGES_DIR)/$*/Dockerfile \
-		--build-arg BASE_IMAGE=$(BASE_$*) --build-arg UID=$(IMAGE_UID) --build-arg GID=$(IMAGE_GID) \
+		--build-arg BASE_IMAGE=$(call base_of,$*) --build-arg UID=$(IMAGE_UID) --build-arg GID=$(IMAGE_GID) \
 		$(if $(PIP_CA),--secret id=pip-ca$(comma)src=$(PIP_CA)) \
 		--label org.opencontainers.image.title=$* \
 		--label org.opencontainers.image.source="$$(git remote get-url origin 2>/dev/null || echo $(CURDIR))" \
 		--label org.opencontainers.image.revision="$$(git rev-parse HEAD 2>/dev/null)" \
 		--label org.opencontainers.image.created="$$(git log -1 --format=%cI 2>/dev/null)" \
-		--label org.opencontainers.image.base.name=$(BASE_$*) \
-		--label org.opencontainers.image.base.digest="$$(scripts/image-digest.sh $(BASE_$*))" \
+		--label org.opencontainers.image.base.name=$(call base_of,$*) \
+		--label org.opencontainers.image.base.digest="$$(scripts/image-digest.sh $(call base_of,$*))" \
 		--label io.github.eurosat.lock.sha256="$$(sha256sum $(IMAGES_DIR)/$*/requirements.lock | cut -d' ' -f1)" \
 		--tag $(IMAGE_PREFIX)$*:$(GIT_SHA) --tag $(IMAGE_PREFIX)$*:latest $(IMAGES_DIR)
 
@@ -157,7 +159,7 @@ pin: check-docker ## re-resolve the base image tags in images/versions.env to di
 cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS) into build/cluster/
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, the registry the cluster pulls from (make push REGISTRY=... puts the images there)" >&2; exit 2; fi
 	$(VENV_PY) scripts/cluster/render.py --project $(PROJECT) --nodes $(NODES) --gpus $(or $(GPUS),1) \
-		--image $(REGISTRY)/$(IMAGE_FOR_$(PROJECT)):$(GIT_SHA) --args "$(ARGS)"
+		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --args "$(ARGS)"
 
 push: check-docker ## push every image tag to REGISTRY=host/namespace
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, e.g. make push REGISTRY=ghcr.io/you" >&2; exit 2; fi
@@ -191,8 +193,8 @@ clean: ## remove .venv and Python caches (data/ and runs/ are kept)
 define compose_env
 mkdir -p runs notebooks data $(CACHE_DIR) && \
 REPO_DIR=$(CURDIR) DATA_DIR=$(abspath $(DATA)) CACHE_DIR=$(abspath $(CACHE_DIR)) HOST_UID=$(HOST_UID) HOST_GID=$(HOST_GID) \
-TRAIN_IMAGE=$(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest JUPYTER_IMAGE=$(IMAGE_PREFIX)jupyter:latest \
-CONTAINER_IMAGE_ID="$$($(DOCKER) image inspect -f '{{.Id}}' $(IMAGE_PREFIX)$(IMAGE_FOR_$(PROJECT)):latest 2>/dev/null)" \
+PROJECT=$(PROJECT) TRAIN_IMAGE=$(IMAGE_PREFIX)$(PROJECT_IMAGE):latest JUPYTER_IMAGE=$(IMAGE_PREFIX)jupyter:latest \
+CONTAINER_IMAGE_ID="$$($(DOCKER) image inspect -f '{{.Id}}' $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest 2>/dev/null)" \
 EUROSAT_GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null)" EUROSAT_GIT_DIRTY="$$(git status --porcelain 2>/dev/null | head -c1)" \
 DOCKER="$(DOCKER)" COMPOSE="$(COMPOSE)"
 endef

@@ -25,7 +25,7 @@ from eurosat.errors import UserError
 from eurosat.files import FileList, list_files
 from eurosat.reading import SCALE, parse_bands, read_image
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the manifest records the image format and the band count of the files
 CHUNK = 256  # images a worker decodes per task
 
 
@@ -36,6 +36,8 @@ class CachedImages:
     classes: tuple[str, ...]
     bands: tuple[int, ...]
     scale: float  # divide by this, then clip to [0, 1]
+    image_format: str  # "tif" or "jpg", as files.IMAGE_FORMATS names them
+    band_count: int  # bands in each file, before the band choice
     files: tuple[str, ...]
     root: Path
     path: Path  # the .npy file
@@ -135,6 +137,8 @@ def prepare(data_dir: Path, bands: str = "rgb", cache_dir: Path | None = None, p
                         "classes": file_list.classes,
                         "bands": band_choice,
                         "scale": SCALE[file_list.image_format],
+                        "image_format": file_list.image_format,
+                        "band_count": first.shape[2],
                         "files": file_list.files,
                         "labels": file_list.labels,
                     }
@@ -150,6 +154,8 @@ def prepare(data_dir: Path, bands: str = "rgb", cache_dir: Path | None = None, p
         classes=tuple(meta["classes"]),
         bands=tuple(meta["bands"]),
         scale=float(meta["scale"]),
+        image_format=meta["image_format"],
+        band_count=int(meta["band_count"]),
         files=tuple(meta["files"]),
         root=file_list.root,
         path=npy,

@@ -64,6 +64,13 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
         help="where the decoded images live while training; auto: on the GPU when they take under a quarter of its free memory",
     )
     train.add_argument("--deterministic", action="store_true", help="deterministic algorithms: runs repeat to the bit")
+    train.add_argument(
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=0,
+        metavar="STEPS",
+        help="also write last.ckpt every STEPS steps, with the position in the epoch (0: at epoch ends only)",
+    )
 
     evaluate = commands.add_parser("evaluate", help="validation loss and accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", type=Path)

@@ -60,10 +60,19 @@ class BatchLoader:
         self.images = as_tensor(subset.images().transpose(0, 2, 3, 1), for_cuda).contiguous().to(self.device)
         self.labels = subset.labels().to(self.device)
         self.pin_memory = for_cuda and self.device.type == "cpu"
-        self.epoch = self.skip_batches = 0
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = epoch, skip_batches
+        self.batches_done = skip_batches  # the training loop moves it on as it trains
+
+    def state_dict(self) -> dict:
+        """The position in the epoch, which Lightning's fit loop keeps in its checkpoints (the loader is "stateful"):
+        batches_done, not batches fetched, because Lightning fetches one batch ahead of the one it trains."""
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(state["epoch"], state["batches_done"])
 
     def order(self) -> torch.Tensor:
         """This rank's sample positions for the current epoch."""
@@ -126,6 +135,13 @@ class EuroSATSplits:
     bands: tuple[int, ...]
     scale: float
     root: Path
+    image_format: str
+    band_count: int
+
+    def input_spec(self) -> dict:
+        """What the model is trained on, so that predict refuses anything else: format, bands in a file, size."""
+        _, _, height, width = self.train.cache.images.shape
+        return {"format": self.image_format, "bands": self.band_count, "height": height, "width": width}
 
 
 DATA_KEYS = ("data", "bands", "cache_dir", "val_fraction", "split_seed")  # the settings that pick the data
@@ -150,4 +166,6 @@ def load_splits(
         bands=cache.bands,
         scale=cache.scale,
         root=cache.root,
+        image_format=cache.image_format,
+        band_count=cache.band_count,
     )

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from eurosat.datasets import BatchLoader, as_tensor, load_configured_splits, to_input
 from eurosat.errors import UserError
+from eurosat.files import IMAGE_FORMATS
 from eurosat.reading import read_image
 
 
@@ -27,27 +28,39 @@ def evaluate(model, loader, scale: float, device: torch.device, amp_dtype=None) 
     return totals
 
 
+def check_input(path: Path, image, trained: dict) -> None:
+    """An image unlike the ones the model was trained on (format, so scaling; bands in the file; size) is one line,
+    never a prediction made with the wrong scaling or the wrong bands."""
+    image_format = IMAGE_FORMATS.get(Path(path).suffix.lower())
+    height, width, bands = image.shape
+    expected = f"the model was trained on {trained['height']}x{trained['width']} {trained['format']} images with {trained['bands']} bands"
+    if image_format != trained["format"]:
+        raise UserError(f"{path} is not a {trained['format']} file: {expected}; predict with a model trained on such files")
+    if bands != trained["bands"] or (height, width) != (trained["height"], trained["width"]):
+        raise UserError(f"{path} is {height}x{width} with {bands} bands: {expected}")
+
+
 @torch.no_grad()
-def predict_files(model, files: list[Path], bands, scale: float, classes, device) -> list[tuple[Path, str, float]]:
+def predict_files(model, files: list[Path], config: dict, device) -> list[tuple[Path, str, float]]:
     """(file, predicted class, probability) for each image file, read with the training band choice."""
     model.eval()
+    bands, classes = config["bands_resolved"], config["classes"]
     results = []
     for path in files:
         if not Path(path).is_file():
             raise UserError(f"{path}: no such file")
         image = read_image(path)
-        if max(bands) >= image.shape[2]:
-            raise UserError(f"{path} has {image.shape[2]} bands, the model was trained on channels {list(bands)}")
+        check_input(path, image, config["input"])
         x = as_tensor(image[:, :, list(bands)].transpose(2, 0, 1).copy(), device.type == "cuda")[None]
-        probs = model(to_input(x, scale, device)).float().softmax(1)[0]
+        probs = model(to_input(x, config["scale"], device)).float().softmax(1)[0]
         label = int(probs.argmax())
         results.append((Path(path), classes[label], float(probs[label])))
     return results
 
 
-def evaluate_command(model, data_config: dict, args, device) -> dict:
+def evaluate_command(model, run_config: dict, args, device) -> dict:
     """The `evaluate` sub-command: the run's validation split, or the same split of another --data folder."""
-    config = {**data_config, "data": args.data or data_config["data"], "cache_dir": args.cache_dir or data_config["cache_dir"]}
+    config = {**run_config, "data": args.data or run_config["data"], "cache_dir": args.cache_dir or run_config["cache_dir"]}
     data = load_configured_splits(config)
     loader = BatchLoader(data.val, args.batch_size, shuffle=False, for_cuda=device.type == "cuda")
     loss_sum, correct, seen = evaluate(model, loader, data.scale, device).tolist()
@@ -58,9 +71,9 @@ def evaluate_command(model, data_config: dict, args, device) -> dict:
     return result
 
 
-def predict_command(model, files, bands, scale: float, classes, device) -> list:
+def predict_command(model, files, config: dict, device) -> list:
     """The `predict` sub-command: one `file<TAB>class<TAB>probability` line per file."""
-    results = predict_files(model, files, bands, scale, classes, device)
+    results = predict_files(model, files, config, device)
     for path, label, probability in results:
         print(f"{path}\t{label}\t{probability:.4f}")
     return results

@@ -48,8 +48,8 @@ def previous_checkpoint(path: Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def resolve_resume(path: Path) -> tuple[Path, Path]:
-    """(run directory, checkpoint) for --resume RUN_DIR or --resume RUN_DIR/last.ckpt.
+def resolve_resume(path: Path) -> tuple[Path, Path, dict]:
+    """(run directory, checkpoint path, the loaded checkpoint) for --resume RUN_DIR or --resume RUN_DIR/last.ckpt.
 
     A truncated or corrupt checkpoint is reported in one line and the previous good one is used instead."""
     checkpoint = path / "last.ckpt" if path.is_dir() else path
@@ -60,15 +60,14 @@ def resolve_resume(path: Path) -> tuple[Path, Path]:
     if not checkpoint.is_file():
         raise UserError(f"--resume {path}: no checkpoint at {checkpoint}")
     try:
-        load_checkpoint(checkpoint)
+        return checkpoint.parent, checkpoint, load_checkpoint(checkpoint)
     except UserError as problem:
         try:
-            load_checkpoint(previous)
+            state = load_checkpoint(previous)
         except UserError:
             raise problem from None
         print(f"warning: {problem}; resuming from the previous checkpoint {previous}", file=sys.stderr)
-        checkpoint = previous
-    return checkpoint.parent, checkpoint
+        return previous.parent, previous, state
 
 
 def _write_atomically(path: Path, write, before_replace=None) -> None:

@@ -1,0 +1,287 @@
+"""One run's life, the same for every project: a project's train.py holds its own flags and its fit loop, and
+hands them to main() here as an Experiment.
+
+The lifecycle creates or resumes the run directory, keeps the resolved config, provenance, metrics.jsonl and
+TensorBoard, prints the start line and the articles' per-epoch line, writes and checks checkpoints, turns
+SIGINT/SIGTERM into a checkpoint and exit status 130/143, a lost DDP peer into one line, and runs `evaluate`
+and `predict`. Resume takes the run's settings from its checkpoint, with RESUME_FLAGS (and the project's own
+resume_flags) from the new command line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
+
+from eurosat.cli import build_parser, parse_args, run_cli
+from eurosat.datasets import EuroSATSplits
+from eurosat.errors import UserError
+from eurosat.inference import evaluate_command, predict_command
+from eurosat.models import build_model, check_model_name
+from eurosat.runs import (
+    MetricsLog,
+    create_run_dir,
+    load_checkpoint,
+    provenance,
+    record_provenance,
+    resolve_resume,
+    save_checkpoint,
+    write_json,
+)
+from eurosat.training import resolve_device, restore_rng_state, rng_state
+
+RESUME_FLAGS = ("epochs", "device", "data_on")  # what a resume may change: how long and where, never what
+NOT_RECORDED = ("command", "resume")
+RUN_DIR_ENV = "EUROSAT_RUN_DIR"  # hands the run directory to processes a framework's launcher starts from rank 0
+PEER_LOST = re.compile(r"Connection (closed|reset) by peer|Broken pipe|timed out|NCCL error", re.I)
+EPOCH_SCALARS = ("loss", "acc", "val_loss", "val_acc", "images_per_s")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What a project's train.py hands the lifecycle."""
+
+    name: str  # the folder under projects/
+    description: str  # train.py's docstring: the --help text
+    fit: Callable[[Run], None]  # trains run.config, calling run.begin, run.end_epoch (and run.save) as it goes
+    add_flags: Callable = lambda train_parser: None  # the project's own `train` flags
+    resume_flags: tuple[str, ...] = ()  # its own flags a resume takes from the new command line
+    # The trained network (scaled images in, logits out) from a checkpoint; default: a timm model from "model"
+    load_model: Callable[[dict], torch.nn.Module] | None = None
+
+
+class Stopped(Exception):
+    """Training stopped on request after writing a checkpoint: args are (message, signal number)."""
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM (docker stop, Slurm, Kubernetes) ask training to stop at the next step, after
+    a checkpoint; a second signal aborts at once."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def install(self) -> None:
+        """(Again, after a framework installed its own handlers.)"""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous.setdefault(signum, signal.signal(signum, self.handle))
+
+    def release(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint", file=sys.stderr, flush=True)
+
+    def agreed(self, world_size: int, device: torch.device, step: int, every: int = 10) -> bool:
+        """Whether every rank stops now: ranks may see the signal at different steps, so they vote every `every`."""
+        if world_size == 1:
+            return self.signum is not None
+        if step % every:
+            return False
+        vote = torch.tensor([self.signum is not None], dtype=torch.int32, device=device)
+        dist.all_reduce(vote, dist.ReduceOp.MAX)
+        return bool(vote.item())
+
+
+def check_project(checkpoint, name: str, source) -> None:
+    """A checkpoint (or run) of another project, or no checkpoint of ours at all, is one line."""
+    if not isinstance(checkpoint, dict) or not {"project", "config"} <= checkpoint.keys():
+        raise UserError(f"{source} is not a checkpoint written by a train.py of this repository's projects")
+    if checkpoint["project"] != name:
+        owner = checkpoint["project"]
+        raise UserError(f"{source} belongs to project {owner}, not {name}: use projects/{owner}/train.py")
+
+
+def _global_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+class Run:
+    """The run directory and everything written into it; only the main process (rank 0) writes."""
+
+    def __init__(self, project: str, config: dict, checkpoint: dict | None, checkpoint_path: Path | None, directory):
+        self.project, self.config = project, config
+        self.checkpoint, self.checkpoint_path = checkpoint, checkpoint_path  # what a resume continues from
+        self.directory: Path | None = directory  # None on ranks that never write
+        self.history: list[dict] = list(checkpoint["history"]) if checkpoint else []
+        self.stop = StopRequest()
+        self.is_main = False
+        self.writer = None
+
+    @classmethod
+    def open(cls, experiment: Experiment, args) -> Run:
+        given = {key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items() if key not in NOT_RECORDED}
+        checkpoint = checkpoint_path = directory = None
+        if args.resume:
+            directory, checkpoint_path, checkpoint = resolve_resume(args.resume)
+            check_project(checkpoint, experiment.name, f"--resume {args.resume}")
+            config = {**checkpoint["config"], **{key: given[key] for key in (*RESUME_FLAGS, *experiment.resume_flags)}}
+        else:
+            config = {**given, "project": experiment.name}
+        check_model_name(config["model"])
+        if handed := os.environ.get(RUN_DIR_ENV):  # a process a framework's launcher started from rank 0's
+            directory = Path(handed)
+        elif directory is None and _global_rank() == 0:
+            directory = create_run_dir(Path(config["out"]), config["model"])
+        return cls(experiment.name, config, checkpoint, checkpoint_path, directory)
+
+    def begin(self, data: EuroSATSplits, device, world_size: int, is_main: bool, precision, notes: str = "") -> None:
+        """Record what this run trains on and how; the main process writes config.json and provenance.json,
+        opens metrics.jsonl and TensorBoard at the checkpoint's epoch and prints the start line."""
+        self.is_main = is_main
+        self.config.update(
+            classes=list(data.classes),
+            bands_resolved=list(data.bands),
+            scale=data.scale,
+            input=data.input_spec(),
+            precision_resolved=str(precision),
+            world_size=world_size,
+        )
+        if not is_main:
+            return
+        write_json(self.directory / "config.json", self.config)
+        record_provenance(self.directory, provenance(self.config["seed"], device, world_size))
+        self.metrics = MetricsLog(self.directory)
+        self.metrics.restart(self.history)
+        self.writer = SummaryWriter(str(self.directory / "tensorboard"), purge_step=len(self.history) + 1)
+        print(
+            f"run {self.directory}: {len(data.train)} train / {len(data.val)} val images, {self.config['model']} on {device}"
+            f" x{world_size}, precision {precision}{notes}",
+            flush=True,
+        )
+
+    @property
+    def best_val_acc(self) -> float:
+        return max((record["val_acc"] for record in self.history), default=-1.0)
+
+    def end_epoch(self, record: dict) -> bool:
+        """Append an epoch's record (metrics.jsonl, TensorBoard, the epoch line); True when it is the best yet."""
+        best = record["val_acc"] > self.best_val_acc
+        self.history.append(record)
+        if self.is_main:
+            self.metrics.append(record)
+            for name in EPOCH_SCALARS:
+                self.writer.add_scalar(name, record[name], record["epoch"])
+            print(
+                f"Epoch {record['epoch']}/{self.config['epochs']} loss {record['loss']:.4f} acc {record['acc']:.4f} "
+                f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
+                f"({record['images_per_s']:.0f} img/s, {record['seconds']:.1f} s)",
+                flush=True,
+            )
+        return best
+
+    def state(self) -> dict:
+        """The lifecycle's part of every checkpoint: whose it is, its settings, its history, the RNG state."""
+        return {"project": self.project, "config": self.config, "history": self.history, "rng": rng_state()}
+
+    def restore_rng(self) -> None:
+        restore_rng_state(self.checkpoint["rng"])
+
+    def save(self, state: dict, best: bool = False) -> None:
+        """last.ckpt (the one it replaces kept as last.prev.ckpt) and, for the best epoch, best.ckpt."""
+        if self.is_main:
+            save_checkpoint({**state, **self.state()}, self.directory / "last.ckpt", keep_previous=True)
+            if best:
+                save_checkpoint({**state, **self.state()}, self.directory / "best.ckpt")
+
+    def stopped(self, where: str) -> Stopped:
+        name = signal.Signals(self.stop.signum).name
+        return Stopped(
+            f"stopped by {name} at {where}: checkpoint {self.directory / 'last.ckpt'} written; "
+            f"continue with --resume {self.directory}",
+            self.stop.signum,
+        )
+
+    def finish(self) -> None:
+        if self.is_main:
+            self.writer.close()
+            self.metrics.write_summary(self.history, run_dir=str(self.directory))
+            print(f"run directory: {self.directory}")
+
+
+def train(experiment: Experiment, args) -> list[dict]:
+    """Create or resume the run, fit it; returns the per-epoch history. Every rank calls this."""
+    run = Run.open(experiment, args)
+    handing_over = _global_rank() == 0 and RUN_DIR_ENV not in os.environ
+    if handing_over:
+        os.environ[RUN_DIR_ENV] = str(run.directory)
+    run.stop.install()
+    try:
+        experiment.fit(run)
+    except Stopped as stopped:
+        if run.is_main:
+            print(stopped.args[0], file=sys.stderr, flush=True)
+        sys.exit(128 + stopped.args[1])
+    except RuntimeError as exc:  # gloo and NCCL raise RuntimeError (or its DistError subclasses) when a peer is gone
+        if run.config.get("world_size", 1) == 1 or not (isinstance(exc, dist.DistError) or PEER_LOST.search(str(exc))):
+            raise
+        first_line = str(exc).strip().splitlines()[0]
+        raise UserError(
+            f"lost another training process (a node or rank stopped): {first_line[:200]}; "
+            f"continue from the last checkpoint with --resume {run.directory or 'runs/<project>/<run-id>'}"
+        ) from None
+    finally:
+        run.stop.release()
+        if handing_over:
+            os.environ.pop(RUN_DIR_ENV, None)
+    return run.history
+
+
+def default_model(checkpoint: dict) -> torch.nn.Module:
+    config = checkpoint["config"]
+    model = build_model(config["model"], len(config["classes"]), len(config["bands_resolved"]))
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def trained_model(experiment: Experiment, path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    checkpoint = load_checkpoint(path)
+    check_project(checkpoint, experiment.name, path)
+    model = (experiment.load_model or default_model)(checkpoint)
+    return model.to(device, memory_format=torch.channels_last).eval(), checkpoint["config"]
+
+
+def evaluate_checkpoint(experiment: Experiment, args) -> dict:
+    device = resolve_device(args.device)
+    model, config = trained_model(experiment, args.checkpoint, device)
+    return evaluate_command(model, config, args, device)
+
+
+def predict_checkpoint(experiment: Experiment, args) -> list:
+    device = resolve_device(args.device)
+    model, config = trained_model(experiment, args.checkpoint, device)
+    return predict_command(model, args.files, config, device)
+
+
+def make_parser(experiment: Experiment):
+    """The shared flags plus the project's own (make reproduce reads them too)."""
+    parser, commands = build_parser(experiment.description, experiment.name)
+    experiment.add_flags(commands["train"])
+    return parser, commands
+
+
+def main(experiment: Experiment, argv=None):
+    """`train` (the default), `evaluate CHECKPOINT` or `predict CHECKPOINT FILE...`; what the command returns."""
+    args = parse_args(make_parser(experiment)[0], argv)
+    return {"train": train, "evaluate": evaluate_checkpoint, "predict": predict_checkpoint}[args.command](experiment, args)
+
+
+def run(experiment: Experiment) -> None:
+    """A train.py's `if __name__ == "__main__"`: main() with bad input as one line and exit status 2."""
+    run_cli(lambda argv: main(experiment, argv))

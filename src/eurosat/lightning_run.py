@@ -1,0 +1,112 @@
+"""The run lifecycle (eurosat.lifecycle) inside a PyTorch Lightning Trainer, for Lightning projects.
+
+RunCallback takes the place of Lightning's logger and ModelCheckpoint: the run's config and provenance at the start,
+the per-epoch record, line and TensorBoard scalars, last.ckpt and best.ckpt at epoch ends and every
+--checkpoint-every steps, SIGINT/SIGTERM as a checkpoint and a clean stop, and the lifecycle's part of every checkpoint.
+Conventions it relies on: the data module has the splits in `.data`, its train loader is a BatchLoader (a stateful
+loader, so a mid-epoch resume skips exactly the trained batches), and the module logs `loss` and `acc` on steps and
+epochs, `val_loss`, `val_acc` and `val_samples` on validation epochs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from eurosat.lifecycle import Run
+from eurosat.runs import load_checkpoint, save_checkpoint
+from eurosat.training import restore_rng_state
+
+
+class RunCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file first, so a crash never leaves a half-written last.ckpt; they are read
+    the lifecycle's way (they hold RNG states, which torch.load's weights_only refuses)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        save_checkpoint(checkpoint, Path(path), keep_previous=Path(path).name == "last.ckpt")
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint(Path(path))
+
+
+class RunCallback(pl.Callback):
+    def __init__(self, run: Run):
+        self.run = run
+        # ranks other than 0 never write, but Trainer.save_checkpoint must be called on all of them with a path
+        self.folder = run.directory or Path(run.config["out"])
+        self.start = time.perf_counter()
+
+    def on_train_start(self, trainer, module):
+        self.run.stop.install()  # Lightning installed its own SIGTERM handler when fit started
+        precision = trainer.precision
+        self.run.begin(trainer.datamodule.data, module.device, trainer.world_size, trainer.is_global_zero, precision)
+        self.start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer, module):  # not called when resuming mid-epoch: the loader keeps its position
+        trainer.train_dataloader.set_epoch(trainer.current_epoch)
+        self.start = time.perf_counter()
+
+    def on_validation_epoch_start(self, trainer, module):
+        self.train_seconds = time.perf_counter() - self.start
+
+    def save(self, trainer, best: bool = False) -> None:
+        trainer.save_checkpoint(self.folder / "last.ckpt")
+        if best:
+            trainer.save_checkpoint(self.folder / "best.ckpt")
+        trainer.strategy.barrier()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = batch_idx + 1
+        loader = trainer.train_dataloader
+        loader.batches_done = step  # the position its state_dict gives the checkpoint
+        every = self.run.config.get("checkpoint_every")
+        stopping = self.run.stop.agreed(trainer.world_size, module.device, step)
+        if stopping or (every and step % every == 0 and step < len(loader)):
+            self.save(trainer)
+        if stopping:
+            raise self.run.stopped(f"epoch {trainer.current_epoch + 1} step {step}/{len(loader)}")
+
+    def on_train_epoch_end(self, trainer, module):
+        logged = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        record = {
+            "epoch": trainer.current_epoch + 1,
+            "loss": logged["loss_epoch"],
+            "acc": logged["acc_epoch"],
+            "val_loss": logged["val_loss"],
+            "val_acc": logged["val_acc"],
+            "val_samples": int(logged["val_samples"]),
+            "images_per_s": trainer.train_dataloader.samples * trainer.world_size / self.train_seconds,
+            "seconds": time.perf_counter() - self.start,
+        }
+        self.save(trainer, best=self.run.end_epoch(record))
+        if self.run.stop.agreed(trainer.world_size, module.device, 0) and trainer.current_epoch + 1 < trainer.max_epochs:
+            raise self.run.stopped(f"the end of epoch {trainer.current_epoch + 1}")
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        checkpoint.update(self.run.state())
+
+    def on_load_checkpoint(self, trainer, module, checkpoint):
+        restore_rng_state(checkpoint["rng"])
+
+    def on_fit_end(self, trainer, module):
+        self.run.finish()
+
+
+def trainer_settings(run: Run) -> dict:
+    """Trainer arguments every Lightning project shares: the lifecycle in place of the logger and checkpointing."""
+    config = run.config
+    return {
+        "max_epochs": config["epochs"],
+        "logger": False,  # TensorBoard and metrics.jsonl are the lifecycle's
+        "enable_checkpointing": False,  # and so are last.ckpt and best.ckpt
+        "callbacks": [RunCallback(run)],
+        "plugins": [RunCheckpointIO()],
+        "use_distributed_sampler": False,  # BatchLoader shards itself
+        "num_sanity_val_steps": 0,
+        "enable_model_summary": False,
+        "deterministic": bool(config.get("deterministic")),
+        "default_root_dir": run.directory,
+    }
