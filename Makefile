@@ -175,7 +175,7 @@ notebook: check-docker $(COMPOSE_DEP) ## start Jupyter and TensorBoard (detached
 	@$(call compose_env) scripts/notebook.sh
 
 execute: check-docker $(COMPOSE_DEP) ## run NOTEBOOK=notebooks/<name>.ipynb top to bottom in the jupyter image (fails on an error)
-	@if [[ ! -f "$(NOTEBOOK)" ]]; then echo "error: NOTEBOOK=$(NOTEBOOK) is not a file; e.g. NOTEBOOK=notebooks/train-eurosat-amp.ipynb" >&2; exit 2; fi
+	@if [[ ! -f "$(NOTEBOOK)" ]]; then echo "error: NOTEBOOK=$(NOTEBOOK) is not a file; e.g. NOTEBOOK=notebooks/train.ipynb" >&2; exit 2; fi
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
 	@$(call compose_env) scripts/compose.sh run --rm --no-deps notebook jupyter execute $(NOTEBOOK)
 

@@ -10,7 +10,9 @@ scaler, and a `.item()` for the loss and the accuracy with a progress-bar update
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +83,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("."), help="metrics.jsonl goes here, one line per epoch")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     files = list_files(args.data)
@@ -93,11 +96,16 @@ def main(argv=None) -> None:
     model = build_model(args.model, len(files.classes), 3).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    print("training", flush=True)
-    for epoch in range(args.epochs):
-        baseline_train_epoch(model, baseline_loader(train_set, args.batch_size, args.workers, device), optimizer, scaler, device)
-        val_acc = baseline_accuracy(model, baseline_loader(val_set, args.batch_size, args.workers, device, False), device)
-        print(f"Epoch {epoch + 1}/{args.epochs} val_acc {val_acc:.4f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "metrics.jsonl", "w") as metrics:  # created as training starts, like the project's
+        for epoch in range(args.epochs):
+            baseline_train_epoch(
+                model, baseline_loader(train_set, args.batch_size, args.workers, device), optimizer, scaler, device
+            )
+            val_acc = baseline_accuracy(model, baseline_loader(val_set, args.batch_size, args.workers, device, False), device)
+            print(f"Epoch {epoch + 1}/{args.epochs} val_acc {val_acc:.4f}", flush=True)
+            metrics.write(json.dumps({"epoch": epoch + 1, "val_acc": val_acc}) + "\n")
+            metrics.flush()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ the same files, model, batch size, device and threads. Writes bench/results/<hos
     python bench/run.py [--data data/eurosat] [--model resnet10t] [--batch-size 64] [--device auto]
 
 Without EuroSAT in --data it writes a synthetic sample in the official format (and says so in the results).
-The project's figures come from projects/eurosat-amp/train.py itself: its data path, its training step, and
-for the time to accuracy the whole script in its own process.
+The project's figures come from the pure PyTorch loop (eurosat.loop: its data path, its training step) and, for
+the time to accuracy, from --project's whole train.py in its own process (default: the default project).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import platform
-import re
 import resource
 import socket
 import subprocess
@@ -28,18 +27,17 @@ import numpy as np
 import torch
 from baseline import BaselineDataset, baseline_loader, baseline_train_epoch
 
+from eurosat import loop, manifest
 from eurosat.cli import ArgumentParser, positive_int, run_cli
 from eurosat.datasets import BatchLoader, load_splits, resident_device, to_input
 from eurosat.errors import UserError
 from eurosat.files import list_files
 from eurosat.models import build_model
-from eurosat.projects import load_project, train_script
 from eurosat.sample import MARKER as SAMPLE_MARKER
 from eurosat.sample import write_sample
 from eurosat.training import autocast_dtype, resolve_device, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_SCRIPT = train_script("eurosat-amp")
 TARGET_ACCURACY = 0.948  # the articles' validation accuracy after 3 epochs
 
 # Each ablation row turns one step of the project's path off (or, for compile, on).
@@ -133,18 +131,28 @@ def loader_throughput(batches, device, convert) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def time_to_accuracy(command: list, target: float) -> dict:
-    """Runs a training script in its own process; seconds from its start to each epoch's validation line."""
+def time_to_accuracy(command: list, out: Path, target: float) -> dict:
+    """Runs a training script in its own process and follows the metrics.jsonl it writes under `out`: seconds from
+    its start to training (the file appears: data ready, model built) and to each epoch's record."""
     start = time.perf_counter()
-    process = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     epochs, startup = [], None
-    for line in process.stdout:
-        if startup is None and line.startswith(("run ", "training")):  # data ready, model built: training starts
-            startup = time.perf_counter() - start
-        if match := re.match(r"Epoch (\d+)/\d+ .*val_acc ([0-9.]+)", line):
-            epochs.append({"epoch": int(match[1]), "val_acc": float(match[2]), "seconds": time.perf_counter() - start})
-    if process.wait():
-        raise UserError(f"{' '.join(map(str, command))} failed:\n{process.stderr.read()[-2000:]}")
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen([str(c) for c in command], stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        while True:
+            finished = process.poll() is not None  # read once more after the end, for the last record
+            for path in out.rglob("metrics.jsonl"):
+                startup = startup or time.perf_counter() - start
+                for line in path.read_text().splitlines()[len(epochs) :]:
+                    record = json.loads(line)
+                    epochs.append(
+                        {"epoch": record["epoch"], "val_acc": record["val_acc"], "seconds": time.perf_counter() - start}
+                    )
+            if finished:
+                break
+            time.sleep(0.02)
+        if process.returncode:
+            stderr.seek(0)
+            raise UserError(f"{' '.join(map(str, command))} failed:\n{stderr.read()[-2000:]}")
     reached = next((e for e in epochs if e["val_acc"] >= target), None)
     return {
         "startup_seconds": startup,
@@ -158,7 +166,6 @@ def benchmark(args, scratch: Path) -> dict:
     """Every figure; the synthetic sample, caches and runs go to `scratch`."""
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    trainer = load_project("eurosat-amp")
     data_dir = Path(args.data)
     try:
         synthetic = (list_files(data_dir).root / SAMPLE_MARKER).exists()  # `make data-sample` wrote it
@@ -176,7 +183,7 @@ def benchmark(args, scratch: Path) -> dict:
     prepare_seconds = time.perf_counter() - start
     cache, rows = splits.train.cache, splits.train.rows
     baseline_data = BaselineDataset([cache.root / cache.files[j] for j in rows], cache.labels[rows].tolist())
-    proc = trainer.Process(0, 1, device)
+    proc = loop.Process(0, 1, device)
     torch.backends.cudnn.benchmark = True
 
     epochs, loaders = itertools.count(), {}  # every pass gets a fresh shuffle, as in training
@@ -225,13 +232,13 @@ def benchmark(args, scratch: Path) -> dict:
     def project_run(files=False, data_on="auto", channels_last=True, precision="auto", fused=None, sync_every=10, compile=False):
         model = fresh_model(channels_last)
         step_model = torch.compile(model) if compile else model
-        optimizer = trainer.make_optimizer(model, 1e-3, device, device.type != "cuda" if fused == "other" else None)
+        optimizer = loop.make_optimizer(model, 1e-3, device, device.type != "cuda" if fused == "other" else None)
         amp_dtype = autocast_dtype(precision, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         scale = 1.0 if files else cache.scale  # the baseline's dataset has already divided and clipped
 
         def epoch(batches):
-            trainer.train_one_epoch(
+            loop.train_one_epoch(
                 step_model, batches, optimizer, scaler, amp_dtype, scale, proc, "bench",
                 sync_every=sync_every, channels_last=channels_last,
             )  # fmt: skip
@@ -263,10 +270,10 @@ def benchmark(args, scratch: Path) -> dict:
     # 3. The model's own ceiling: the same training step on one batch already on the device, as train.py gets it.
     images, targets = next(iter(project_batches()))
     steps = [(images.to(device), targets.to(device))] * args.model_only_steps
-    trainer.train_one_epoch(model, steps[:2], optimizer, scaler, amp_dtype, cache.scale, proc, "warm-up")
+    loop.train_one_epoch(model, steps[:2], optimizer, scaler, amp_dtype, cache.scale, proc, "warm-up")
     synchronize(device)
     start = time.perf_counter()
-    trainer.train_one_epoch(model, steps, optimizer, scaler, amp_dtype, cache.scale, proc, "model only")
+    loop.train_one_epoch(model, steps, optimizer, scaler, amp_dtype, cache.scale, proc, "model only")
     synchronize(device)
     model_only = args.batch_size * len(steps) / (time.perf_counter() - start)
 
@@ -277,12 +284,15 @@ def benchmark(args, scratch: Path) -> dict:
     runs = {
         seed: {
             "baseline": time_to_accuracy(
-                [sys.executable, REPO / "bench" / "baseline.py", *common, "--seed", seed, "--workers", args.workers],
+                [sys.executable, REPO / "bench" / "baseline.py", *common, "--seed", seed, "--workers", args.workers]
+                + ["--out", scratch / f"baseline-{seed}"],
+                scratch / f"baseline-{seed}",
                 TARGET_ACCURACY,
             ),
             "project": time_to_accuracy(
-                [sys.executable, TRAIN_SCRIPT, "train", *common, "--seed", seed, "--out", scratch / "runs"]
-                + ["--cache-dir", scratch / "tta-cache"],
+                [sys.executable, manifest.load(args.project).train_script, "train", *common, "--seed", seed]
+                + ["--out", scratch / f"runs-{seed}", "--cache-dir", scratch / "tta-cache"],
+                scratch / f"runs-{seed}",
                 TARGET_ACCURACY,
             ),
         }
@@ -445,6 +455,7 @@ def seed_list(text: str) -> list[int]:
 def main(argv=None) -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/eurosat"))
+    parser.add_argument("--project", help="the project whose train.py the time-to-accuracy runs use (default: the default)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--model", help="timm model (default: tf_efficientnet_b5 on a GPU, resnet10t on the CPU)")
     parser.add_argument("--batch-size", type=positive_int, help="default: 1024 on a GPU, 64 on the CPU")
@@ -462,6 +473,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sample-fraction", type=float, default=0.1, help="size of the synthetic sample")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
+    args.project = args.project or manifest.default_project()
     gpu = resolve_device(args.device).type == "cuda"
     args.model = args.model or ("tf_efficientnet_b5" if gpu else "resnet10t")
     args.batch_size = args.batch_size or (1024 if gpu else 64)

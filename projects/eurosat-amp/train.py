@@ -90,7 +90,9 @@ def _fit(run: lifecycle.Run, proc) -> None:
     shards = {"rank": proc.rank, "world_size": proc.world_size, "device": data_device, "for_cuda": proc.device.type == "cuda"}
     train_loader = BatchLoader(data.train, batch_per_rank, shuffle=True, seed=config["seed"], **shards)
     val_loader = BatchLoader(data.val, batch_per_rank, shuffle=False, **shards)
-    run.begin(data, proc.device, proc.world_size, proc.is_main, amp_dtype or torch.float32, f", data in {data_device or 'host memory'}")
+    run.begin(
+        data, proc.device, proc.world_size, proc.is_main, amp_dtype or torch.float32, f", data in {data_device or 'host memory'}"
+    )
 
     def state(epoch: int, step: int = 0, totals=None) -> dict:
         model_state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
@@ -131,7 +133,9 @@ def _fit(run: lifecycle.Run, proc) -> None:
         train_seen_here = float(all_reduce(torch.tensor([float(train_totals[2]) - seen_before], device=proc.device), proc))
         train_seconds = time.perf_counter() - start  # the all-reduce above synchronised the device
         loss_sum, correct, seen = all_reduce(train_totals, proc).tolist()
-        val_loss_sum, val_correct, val_seen = all_reduce(evaluate(model, val_loader, data.scale, proc.device, amp_dtype), proc).tolist()
+        val_loss_sum, val_correct, val_seen = all_reduce(
+            evaluate(model, val_loader, data.scale, proc.device, amp_dtype), proc
+        ).tolist()
         best = run.end_epoch(
             {
                 "epoch": epoch + 1,

@@ -15,18 +15,17 @@ from pathlib import Path
 
 import yaml
 
+from eurosat import manifest
 from eurosat.cli import ArgumentParser, positive_int, run_cli
-from eurosat.errors import UserError
-from eurosat.projects import train_script
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
 def train_arguments(project: str, nodes: int, gpus: int, extra: str) -> list[str]:
-    """The training flags; Lightning must be told the layout torchrun gives it."""
-    layout = ["--devices", str(gpus), "--num-nodes", str(nodes), "--strategy", "ddp"] if project == "eurosat-lightning" else []
-    return [*layout, *shlex.split(extra)]
+    """The training flags: first the layout flags of the project's manifest (a framework that launches its own
+    processes must be told the layout torchrun gives it), then ARGS."""
+    return [*manifest.load(project).layout(nodes, gpus), *shlex.split(extra)]
 
 
 def slurm_script(args, train_args: list[str], name: str) -> str:
@@ -108,8 +107,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--out", type=Path, default=REPO / "build" / "cluster")
     args = parser.parse_args(argv)
-    if not train_script(args.project).is_file():
-        raise UserError(f"--project {args.project}: no {train_script(args.project)}")
+    manifest.load(args.project)
     args.job_name = args.job_name or args.project
     train_args = train_arguments(args.project, args.nodes, args.gpus, args.args)
     out = args.out / f"{args.project}-{args.nodes}x{args.gpus}"

@@ -33,7 +33,8 @@ def check_input(path: Path, image, trained: dict) -> None:
     never a prediction made with the wrong scaling or the wrong bands."""
     image_format = IMAGE_FORMATS.get(Path(path).suffix.lower())
     height, width, bands = image.shape
-    expected = f"the model was trained on {trained['height']}x{trained['width']} {trained['format']} images with {trained['bands']} bands"
+    size = f"{trained['height']}x{trained['width']}"
+    expected = f"the model was trained on {size} {trained['format']} images with {trained['bands']} bands"
     if image_format != trained["format"]:
         raise UserError(f"{path} is not a {trained['format']} file: {expected}; predict with a model trained on such files")
     if bands != trained["bands"] or (height, width) != (trained["height"], trained["width"]):

@@ -19,6 +19,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+if __name__ == "__main__":  # run as a script by make: the package is not installed yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eurosat.errors import UserError  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECTS_DIR = REPO_ROOT / "projects"
 HIERARCHY = REPO_ROOT / "images" / "hierarchy.env"
@@ -31,8 +35,8 @@ MANIFEST_KEYS = {"description": str, "image": str, "default": bool, "launch": di
 LAUNCH_KEYS = {"launcher": str, "layout_flags": list}
 
 
-class ManifestError(Exception):
-    """A missing, unknown or incomplete manifest (eurosat.errors.UserError, without importing torch)."""
+class ManifestError(UserError):
+    """A missing, unknown or incomplete manifest, or a bad image hierarchy."""
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -137,9 +141,9 @@ def load(name: str) -> Project:
         raise ManifestError(f"{path}: launch.launcher = {launcher!r}; use one of: {', '.join(LAUNCHERS)}")
     flags = manifest["launch"].get("layout_flags", [])
     if not all(isinstance(flag, str) for flag in flags):
-        raise ManifestError(f"{path}: launch.layout_flags must be a list of strings such as \"--devices\", \"{{gpus}}\"")
+        raise ManifestError(f'{path}: launch.layout_flags must be a list of strings such as "--devices", "{{gpus}}"')
     if launcher == "self" and not flags:
-        raise ManifestError(f"{path}: launch.launcher = \"self\" needs launch.layout_flags (with {{nodes}} and {{gpus}})")
+        raise ManifestError(f'{path}: launch.launcher = "self" needs launch.layout_flags (with {{nodes}} and {{gpus}})')
     if not (path.parent / "train.py").is_file():
         raise ManifestError(f"{path.parent.relative_to(REPO_ROOT)} has a project.toml but no train.py")
     return Project(name, manifest["description"], manifest["image"], launcher, tuple(flags), manifest.get("default", False))

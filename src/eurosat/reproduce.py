@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
+from eurosat import manifest
 from eurosat.cli import ArgumentParser, run_cli
 from eurosat.errors import UserError
-from eurosat.projects import load_project, train_script
+from eurosat.lifecycle import make_parser
+from eurosat.projects import load_project
 from eurosat.runs import REPO_ROOT
 
 NOT_REPLAYED = {"help", "command", "resume", "out", "profile", "profiler"}  # where, not what, a run trains
@@ -51,16 +52,9 @@ def read_run(run_dir: Path) -> tuple[dict, dict, list[dict]]:
     return config, provenance, metrics
 
 
-def project_of(provenance: dict) -> str:
-    for part in provenance.get("command", []):
-        if match := re.search(r"projects/([^/]+)/train\.py$", part):
-            return match[1]
-    raise UserError(f"cannot tell which project wrote this run from its command {provenance.get('command')}")
-
-
 def train_arguments(project: str, config: dict) -> list[str]:
     """The `train` command line that gives this config: every flag of the project's train parser."""
-    _, commands = load_project(project).make_parser()
+    _, commands = make_parser(load_project(project).EXPERIMENT)
     argv = ["train"]
     for action in commands["train"]._actions:
         if action.dest in NOT_REPLAYED or action.dest not in config or not action.option_strings:
@@ -100,13 +94,14 @@ def metrics_table(recorded: list[dict], new: list[dict]) -> tuple[list[str], int
 def reproduce(run_dir: Path) -> int:
     """Reruns RUN; returns the number of metric values that differ from the recorded ones."""
     config, recorded_provenance, recorded_metrics = read_run(run_dir)
-    project = project_of(recorded_provenance)
+    if "project" not in config:
+        raise UserError(f"RUN={run_dir}: its config.json names no project; it was written before projects had manifests")
+    project = manifest.load(config["project"])
     out = run_dir.parent
     before = set(out.iterdir())
-    command = [sys.executable, str(train_script(project)), *train_arguments(project, config), "--out", str(out)]
-    world_size = int(config.get("world_size", 1))
-    if world_size > 1 and project == "eurosat-amp":  # Lightning starts its own processes from --devices
-        command[:1] = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}"]
+    # the replayed flags of a project that launches itself hold its layout already
+    processes = int(config.get("world_size", 1)) if project.launcher == "torchrun" else 1
+    command = [*project.launch(processes, sys.executable), *train_arguments(project.name, config)[1:], "--out", str(out)]
     print("reproducing with:", " ".join(command), flush=True)
     if subprocess.run(command, cwd=REPO_ROOT).returncode:
         raise UserError(f"the rerun of {run_dir} failed (see above)")

@@ -146,7 +146,7 @@ def test_gpus_launches_torchrun_in_the_container(built_images, sample_dir):
 
 
 def test_notebook_trains_inside_the_jupyter_image(built_images, sample_dir):
-    make("execute", "NOTEBOOK=notebooks/train-eurosat-amp.ipynb", f"DATA={sample_dir}", timeout=900)
+    make("execute", "NOTEBOOK=notebooks/train.ipynb", f"DATA={sample_dir}", timeout=900)
     newest = max((REPO / "runs" / "notebook").iterdir(), key=lambda p: p.stat().st_mtime)
     try:
         assert [json.loads(line)["epoch"] for line in (newest / "metrics.jsonl").read_text().splitlines()] == [1]
