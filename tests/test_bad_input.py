@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-from conftest import SMALL, run_project
+from helpers import SMALL, run_project
 
 from eurosat.sample import write_sample
 

@@ -4,7 +4,7 @@ import json
 import sys
 
 import pytest
-from conftest import run
+from helpers import run
 
 pytestmark = pytest.mark.slow
 

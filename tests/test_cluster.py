@@ -10,7 +10,7 @@ from pathlib import Path
 import kubernetes.client.models as k8s_models
 import pytest
 import yaml
-from conftest import REPO, run
+from helpers import REPO, run
 from kubeflow.training import models as kubeflow_models
 
 REGISTRY = "registry.example.org/team"

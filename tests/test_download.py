@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
-from conftest import run
+from helpers import run
 
 from eurosat.files import list_files
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, read_metrics, run_project, single_run_dir, without_timings
+from helpers import REPO, read_metrics, run_project, single_run_dir, without_timings
 
 pytestmark = pytest.mark.slow
 PROJECT = "eurosat-amp"

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, run
+from helpers import REPO, run
 
 FILES = ("Makefile", "requirements.in", "requirements.lock", "pyproject.toml", "scripts/lock.py", "images/versions.env")
 

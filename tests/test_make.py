@@ -5,7 +5,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import REPO, run
+from helpers import REPO, run
 
 needs_venv = pytest.mark.skipif(not (REPO / ".venv" / ".installed").exists(), reason="make venv has not run here")
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import SMALL, run, run_project, single_run_dir
+from helpers import SMALL, run, run_project, single_run_dir
 
 pytestmark = pytest.mark.slow
 

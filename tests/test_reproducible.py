@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import SMALL, read_metrics, run_project, single_run_dir, without_timings
+from helpers import SMALL, read_metrics, run_project, single_run_dir, without_timings
 
 pytestmark = pytest.mark.slow
 

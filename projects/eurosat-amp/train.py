@@ -90,9 +90,8 @@ def _fit(run: lifecycle.Run, proc) -> None:
     shards = {"rank": proc.rank, "world_size": proc.world_size, "device": data_device, "for_cuda": proc.device.type == "cuda"}
     train_loader = BatchLoader(data.train, batch_per_rank, shuffle=True, seed=config["seed"], **shards)
     val_loader = BatchLoader(data.val, batch_per_rank, shuffle=False, **shards)
-    run.begin(
-        data, proc.device, proc.world_size, proc.is_main, amp_dtype or torch.float32, f", data in {data_device or 'host memory'}"
-    )
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[amp_dtype]
+    run.begin(data, proc.device, proc.world_size, proc.is_main, precision, f", data in {data_device or 'host memory'}")
 
     def state(epoch: int, step: int = 0, totals=None) -> dict:
         model_state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}

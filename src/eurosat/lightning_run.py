@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torchmetrics import Metric
 
 from eurosat.lifecycle import Run
 from eurosat.runs import load_checkpoint, save_checkpoint
@@ -47,6 +48,9 @@ class RunCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer, module):  # not called when resuming mid-epoch: the loader keeps its position
         trainer.train_dataloader.set_epoch(trainer.current_epoch)
+        for metric in module.modules():  # a checkpoint from an epoch's end holds that epoch's totals: start from zero
+            if isinstance(metric, Metric):
+                metric.reset()
         self.start = time.perf_counter()
 
     def on_validation_epoch_start(self, trainer, module):

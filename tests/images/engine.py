@@ -4,7 +4,7 @@ import os
 import subprocess
 import time
 
-from conftest import REPO
+from helpers import REPO
 
 DOCKER = os.environ.get("DOCKER", "docker")
 IMAGES = ("cuda-base", "torch-ngc", "lightning", "jupyter")

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from engine import DOCKER, docker, image_id, make
 
 

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from engine import IMAGES, STANDIN_NGC, docker, image_id, make
 
 TRAINING = ["torch", "torchvision", "timm", "skimage", "sklearn.model_selection", "tifffile", "tensorboard", "tqdm"]

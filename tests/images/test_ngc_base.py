@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from engine import DOCKER, STANDIN_NGC, docker, image_id, make
 
 NGC_LAYERS = ("torch-ngc", "lightning", "jupyter")

@@ -7,7 +7,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, read_metrics, run_project, single_run_dir
+from helpers import REPO, read_metrics, run_project, single_run_dir
 from engine import docker, make, make_settings
 
 # The global batch of 16 is 8 per node. Each step's samples are the same as the single process's (the shards

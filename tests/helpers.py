@@ -1,0 +1,103 @@
+"""What the tests share: real processes as a user starts them, projects run in-process, run-directory checks."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from eurosat import manifest
+from eurosat.cli import run_cli
+from eurosat.projects import load_project
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECTS = manifest.project_names()  # every project-parametrized test runs on each, a scaffolded one included
+SMALL = ["--model", "resnet10t", "--batch-size", "16"]
+# 540 sample images with a 25% validation share: 135, odd, so a padding sampler on 2 ranks would count 136
+DDP_ARGS = ["--epochs", "1", "--batch-size", "32", "--model", "resnet10t", "--val-fraction", "0.25"]
+
+
+def run(*args, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """A real process, as a user starts it, from the repository root."""
+    result = subprocess.run([str(a) for a in args], cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def run_project(project: str, *args, **kwargs) -> subprocess.CompletedProcess:
+    return run(sys.executable, REPO / "projects" / project / "train.py", *args, **kwargs)
+
+
+@functools.cache
+def project_module(project: str):
+    return load_project(project)
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    value: object = None  # what main() returned
+
+
+def main_in_process(project: str, *args, check: bool = True) -> Result:
+    """train.py's main(argv) in this process, through the same one-line error handling as its command line."""
+    stdout, stderr, value, code = io.StringIO(), io.StringIO(), None, 0
+
+    def main(argv):
+        nonlocal value
+        value = project_module(project).main(argv)
+
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            run_cli(main, [str(a) for a in args])
+        except SystemExit as exit:
+            code = exit.code
+    result = Result(code, stdout.getvalue(), stderr.getvalue(), value)
+    if check and code:
+        raise AssertionError(f"{project} {args} exited {code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def single_run_dir(out: Path) -> Path:
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in history]
+
+
+def weights(checkpoint_path: Path) -> dict:
+    """The network's weights in a checkpoint: plain PyTorch's "model" or Lightning's "state_dict"."""
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    return checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint["model"]
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    a, b = weights(first), weights(second)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+def check_two_process_run(result, out: Path) -> None:
+    """Both processes wrote one run directory, counted every validation image once, printed once."""
+    run_dir = single_run_dir(out)
+    (record,) = read_metrics(run_dir)
+    assert record["val_samples"] == 135
+    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+    assert result.stdout.count("Epoch 1/1 loss") == 1  # rank 0 prints, rank 1 does not

@@ -1,0 +1,121 @@
+"""Every project under projects/, through its train.py's main(argv) in this process: training, the run directory,
+resume, evaluate, predict, and the lifecycle's checks of what it is handed. A new project is picked up by itself."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from helpers import PROJECTS, SMALL, assert_same_weights, main_in_process, read_metrics, single_run_dir, without_timings
+from PIL import Image
+
+from eurosat.training import cpu_has_native_bf16
+
+EPOCH_KEYS = {"epoch", "loss", "acc", "val_loss", "val_acc", "val_samples", "images_per_s", "seconds"}
+
+
+@pytest.fixture(scope="module", params=PROJECTS)
+def trained(request, sample_dir, tmp_path_factory):
+    """(project, run directory, stdout) of a 2-epoch run."""
+    out = tmp_path_factory.mktemp(f"{request.param}-runs")
+    result = main_in_process(request.param, "train", "--data", sample_dir, "--out", out, "--epochs", "2", *SMALL)
+    return request.param, single_run_dir(out), result
+
+
+def test_trains_clearly_above_chance_and_writes_the_run_directory(trained):
+    project, run_dir, result = trained
+    history = read_metrics(run_dir)
+    assert [r["epoch"] for r in history] == [1, 2] and history[-1]["val_acc"] > 0.5  # 10 classes: chance is 0.1
+    assert without_timings(result.value) == without_timings(history)  # main() returns the history
+    assert all(set(r) == EPOCH_KEYS and r["val_samples"] == 108 for r in history)
+    assert result.stdout.startswith(f"run {run_dir}: 432 train / 108 val images, resnet10t on cpu x1, precision ")
+    assert "Epoch 2/2 loss " in result.stdout and f"run directory: {run_dir}" in result.stdout
+    for name in ("config.json", "metrics.jsonl", "metrics.json", "last.ckpt", "last.prev.ckpt", "best.ckpt", "provenance.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["epochs"] == 2 and summary["best"]["val_acc"] == max(r["val_acc"] for r in history)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["project"] == project and config["model"] == "resnet10t" and config["world_size"] == 1
+    assert config["bands_resolved"] == [3, 2, 1] and config["scale"] == 4000.0
+    assert config["input"] == {"format": "tif", "bands": 13, "height": 64, "width": 64}
+    assert ("bf16" in config["precision_resolved"]) == cpu_has_native_bf16()  # bf16 only where the CPU has it natively
+    checkpoint = torch.load(run_dir / "last.ckpt", weights_only=False)
+    assert checkpoint["project"] == project and checkpoint["config"] == config
+    assert without_timings(checkpoint["history"]) == without_timings(history) and checkpoint["rng"]
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["seed"] == 42 and provenance["hardware"]["device"] == "cpu" and len(provenance["lockfile"]["sha256"]) == 64
+
+
+def test_resume_equals_uninterrupted(trained, sample_dir, tmp_path):
+    """1 epoch, then --resume to 2: the metrics and weights of the 2-epoch run; the first start's record is kept."""
+    project, full_dir, _ = trained
+    main_in_process(project, "train", "--data", sample_dir, "--out", tmp_path, "--epochs", "1", *SMALL)
+    half_dir = single_run_dir(tmp_path)
+    result = main_in_process(project, "train", "--resume", half_dir, "--epochs", "2")
+    assert "Epoch 2/2" in result.stdout and "Epoch 1/2" not in result.stdout  # continued at the next epoch
+    assert without_timings(read_metrics(half_dir)) == without_timings(read_metrics(full_dir))
+    assert_same_weights(half_dir / "last.ckpt", full_dir / "last.ckpt")
+    provenance = json.loads((half_dir / "provenance.json").read_text())
+    assert len(provenance["resumes"]) == 1
+    assert json.loads((half_dir / "config.json").read_text())["epochs"] == 2
+
+
+def test_evaluate_and_predict(trained, sample_dir):
+    """evaluate reproduces the recorded best val_acc; predict names the right class for most files."""
+    project, run_dir, _ = trained
+    best = json.loads((run_dir / "metrics.json").read_text())["best"]
+    result = main_in_process(project, "evaluate", run_dir / "best.ckpt")
+    assert f"val_acc {best['val_acc']:.4f} on 108 validation images" in result.stdout
+    assert result.value["val_acc"] == pytest.approx(best["val_acc"])
+    files = [sample_dir / name / f"{name}_{n}.tif" for name in ("Forest", "River", "SeaLake") for n in (1, 2, 3, 4)]
+    lines = [line.split("\t") for line in main_in_process(project, "predict", run_dir / "best.ckpt", *files).stdout.splitlines()]
+    assert [line[0] for line in lines] == [str(f) for f in files]
+    assert all(0 < float(p) <= 1 for _, _, p in lines)
+    correct = sum(f.parent.name == label for f, (_, label, _) in zip(files, lines, strict=True))
+    assert correct >= 8  # of 12; chance is about 1
+
+
+def assert_one_line(result, *expected):
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and all(text in lines[0] for text in expected), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "image", "mismatch"),
+    [
+        ("photo.jpg", np.zeros((64, 64, 3), np.uint8), "not a tif file"),  # an RGB JPEG: other scaling, other bands
+        ("four.tif", np.zeros((64, 64, 4), np.uint16), "is 64x64 with 4 bands"),
+        ("large.tif", np.zeros((128, 128, 13), np.uint16), "is 128x128 with 13 bands"),
+    ],
+)
+def test_predict_refuses_an_image_unlike_the_training_images(trained, tmp_path, name, image, mismatch):
+    project, run_dir, _ = trained
+    path = tmp_path / name
+    if name.endswith(".jpg"):
+        Image.fromarray(image).save(path)
+    else:
+        tifffile.imwrite(path, image)
+    result = main_in_process(project, "predict", run_dir / "best.ckpt", path, check=False)
+    assert_one_line(result, str(path), mismatch, "the model was trained on 64x64 tif images with 13 bands")
+    assert result.stdout == ""  # no prediction at all
+
+
+def test_a_checkpoint_or_run_of_another_project_is_one_line(trained, tmp_path):
+    project, run_dir, _ = trained
+    other_run = tmp_path / "other-run"
+    shutil.copytree(run_dir, other_run)
+    for name in ("last.ckpt", "best.ckpt"):
+        checkpoint = torch.load(other_run / name, weights_only=False)
+        torch.save({**checkpoint, "project": "someone-else"}, other_run / name)
+    for argv in (["evaluate", other_run / "best.ckpt"], ["predict", other_run / "best.ckpt", other_run / "config.json"]):
+        result = main_in_process(project, *argv, check=False)
+        assert_one_line(result, "belongs to project someone-else, not " + project, "projects/someone-else/train.py")
+    result = main_in_process(project, "train", "--resume", other_run, check=False)
+    assert_one_line(result, f"--resume {other_run}", "belongs to project someone-else")
+    torch.save({"weights": {}}, tmp_path / "foreign.ckpt")
+    result = main_in_process(project, "evaluate", tmp_path / "foreign.ckpt", check=False)
+    assert_one_line(result, "foreign.ckpt is not a checkpoint written by a train.py of this repository's projects")
