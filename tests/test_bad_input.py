@@ -1,4 +1,6 @@
-"""Bad input: one clear line naming the file or flag, a non-zero exit, no traceback, nothing written lost."""
+"""Bad input: one clear line naming the file or flag, a non-zero exit, no traceback, nothing written lost.
+
+Every project's main(argv) runs in this process, behind the same one-line error handling as its command line."""
 
 import os
 import shutil
@@ -6,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-from helpers import SMALL, run_project
+from helpers import PROJECTS, SMALL, main_in_process, run_project
 
 from eurosat.sample import write_sample
 
@@ -27,93 +29,105 @@ def data(tmp_path):
     return path
 
 
-def train(project, data, out, *extra, **kwargs):
-    return run_project(project, "train", "--data", data, "--out", out, "--epochs", "1", *SMALL, *extra, check=False, **kwargs)
+def train(project, data, out, *extra):
+    return main_in_process(project, "train", "--data", data, "--out", out, "--epochs", "1", *SMALL, *extra, check=False)
 
 
-@pytest.mark.parametrize("project", ["eurosat-amp", "eurosat-lightning"])
+@pytest.mark.parametrize("project", PROJECTS)
 def test_missing_data_directory(project, tmp_path):
     result = train(project, tmp_path / "nowhere", tmp_path / "runs")
     assert_one_clear_line(result, "nowhere", "make data", "make data-sample")
     assert not (tmp_path / "runs").exists()
 
 
-def test_empty_class_folder(data, tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_empty_class_folder(project, data, tmp_path):
     shutil.rmtree(data / "Pasture")
     (data / "Pasture").mkdir()
-    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs"), "Pasture", "holds no images")
+    assert_one_clear_line(train(project, data, tmp_path / "runs"), "Pasture", "holds no images")
 
 
-def test_corrupt_tiff(data, tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_corrupt_tiff(project, data, tmp_path):
     (data / "River" / "River_3.tif").write_bytes(b"II*\x00garbage")
-    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs"), "River_3.tif", "corrupt")
+    assert_one_clear_line(train(project, data, tmp_path / "runs"), "River_3.tif", "corrupt")
 
 
-def test_wrong_band_count(data, tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_wrong_band_count(project, data, tmp_path):
     tifffile.imwrite(
         data / "Forest" / "Forest_2.tif", np.ones((64, 64, 4), np.uint16), photometric="minisblack", planarconfig="contig"
     )
-    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs"), "Forest_2.tif", "4 bands", "expected 64x64 with 13")
+    assert_one_clear_line(train(project, data, tmp_path / "runs"), "Forest_2.tif", "4 bands", "expected 64x64 with 13")
 
 
-def test_junk_non_image_file(data, tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_junk_non_image_file(project, data, tmp_path):
     (data / "Highway" / "notes.txt").write_text("todo")
-    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs"), "notes.txt", "not a EuroSAT image")
+    assert_one_clear_line(train(project, data, tmp_path / "runs"), "notes.txt", "not a EuroSAT image")
 
 
-@pytest.mark.parametrize("project", ["eurosat-amp", "eurosat-lightning"])
+@pytest.mark.parametrize("project", PROJECTS)
 def test_unknown_model(project, data, tmp_path):
     assert_one_clear_line(train(project, data, tmp_path / "runs", "--model", "resnet_nope"), "--model resnet_nope", "unknown")
 
 
-@pytest.mark.parametrize("project", ["eurosat-amp", "eurosat-lightning"])
+@pytest.mark.parametrize("project", PROJECTS)
 def test_negative_epochs(project, data, tmp_path):
-    result = run_project(project, "train", "--data", data, "--epochs", "-1", check=False)
+    result = main_in_process(project, "train", "--data", data, "--epochs", "-1", check=False)
     assert_one_clear_line(result, "--epochs", "0 or more")
 
 
-def test_bad_band_choice(data, tmp_path):
-    assert_one_clear_line(train("eurosat-amp", data, tmp_path / "runs", "--bands", "3,2,20"), "--bands", "channel 20")
+@pytest.mark.parametrize("project", PROJECTS)
+def test_bad_band_choice(project, data, tmp_path):
+    assert_one_clear_line(train(project, data, tmp_path / "runs", "--bands", "3,2,20"), "--bands", "channel 20")
 
 
-def test_unwritable_output_directory(data, tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_unwritable_output_directory(project, data, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = train("eurosat-amp", data, blocker / "runs")
+    result = train(project, data, blocker / "runs")
     assert_one_clear_line(result, "cannot write to output directory", str(blocker / "runs"))
     assert blocker.read_text() == "not a directory"
 
 
-def test_read_only_output_directory(data, tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_read_only_output_directory(project, data, tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only folders; covered by test_unwritable_output_directory")
     out = tmp_path / "runs"
     out.mkdir(mode=0o555)
-    assert_one_clear_line(train("eurosat-amp", data, out), "cannot write to output directory")
+    assert_one_clear_line(train(project, data, out), "cannot write to output directory")
 
 
-def test_failed_run_leaves_earlier_runs_untouched(data, tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_failed_run_leaves_earlier_runs_untouched(project, data, tmp_path):
     earlier = tmp_path / "runs" / "20260101-000000-resnet10t"
     earlier.mkdir(parents=True)
     (earlier / "metrics.jsonl").write_text('{"epoch": 1}\n')
     (data / "River" / "River_1.tif").write_bytes(b"junk")
-    train("eurosat-amp", data, tmp_path / "runs")
+    train(project, data, tmp_path / "runs")
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [earlier.name]
     assert (earlier / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
 
 
-@pytest.mark.parametrize("project", ["eurosat-amp", "eurosat-lightning"])
+@pytest.mark.parametrize("project", PROJECTS)
 def test_corrupt_checkpoint(project, tmp_path):
     checkpoint = tmp_path / "last.ckpt"
     checkpoint.write_bytes(b"PK\x03\x04 truncated")
-    assert_one_clear_line(run_project(project, "evaluate", checkpoint, check=False), str(checkpoint), "corrupt")
+    assert_one_clear_line(main_in_process(project, "evaluate", checkpoint, check=False), str(checkpoint), "corrupt")
 
 
-def test_resume_without_checkpoint(tmp_path):
-    result = run_project("eurosat-amp", "train", "--resume", tmp_path, check=False)
+@pytest.mark.parametrize("project", PROJECTS)
+def test_resume_without_checkpoint(project, tmp_path):
+    result = main_in_process(project, "train", "--resume", tmp_path, check=False)
     assert_one_clear_line(result, "--resume", "no checkpoint")
 
 
-def test_pretrained_offline(data, tmp_path):
-    result = train("eurosat-amp", data, tmp_path / "runs", "--pretrained", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+@pytest.mark.parametrize("project", PROJECTS)
+def test_pretrained_offline(project, data, tmp_path):
+    # a process: the hub reads HF_HUB_OFFLINE when it is imported
+    argv = ["train", "--data", data, "--out", tmp_path / "runs", "--epochs", "1", *SMALL, "--pretrained"]
+    result = run_project(project, *argv, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert_one_clear_line(result, "--pretrained", "--weights PATH")

@@ -10,8 +10,10 @@ from pathlib import Path
 import kubernetes.client.models as k8s_models
 import pytest
 import yaml
-from helpers import REPO, run
+from helpers import PROJECTS, REPO, run
 from kubeflow.training import models as kubeflow_models
+
+from eurosat import manifest
 
 REGISTRY = "registry.example.org/team"
 
@@ -53,8 +55,10 @@ def render(project: str, nodes: int, gpus: int, args: str) -> Path:
     return REPO / "build" / "cluster" / f"{project}-{nodes}x{gpus}"
 
 
-@pytest.mark.parametrize(("project", "image", "nodes"), [("eurosat-amp", "torch-ngc", 2), ("eurosat-lightning", "lightning", 3)])
-def test_rendered_cluster_files_are_valid_and_launch_the_same_training(project, image, nodes):
+@pytest.mark.parametrize("project", PROJECTS)
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_rendered_cluster_files_are_valid_and_launch_the_same_training(project, nodes):
+    image, layout = manifest.load(project).image, manifest.load(project).layout(nodes, 4)
     out = render(project, nodes, 4, "--epochs 3 --batch-size 1024")
     job = yaml.safe_load((out / "pytorchjob.yaml").read_text())
     assert schema_problems(job, "KubeflowOrgV1PyTorchJob", "PyTorchJob") == []
@@ -77,11 +81,11 @@ def test_rendered_cluster_files_are_valid_and_launch_the_same_training(project, 
     train_line = next(line for line in text.splitlines() if f"projects/{project}/train.py" in line)
     slurm_train = shlex.split(train_line)
     assert slurm_train == k8s_launch[k8s_launch.index(f"projects/{project}/train.py") :]  # the same script and flags
-    assert "--epochs" in slurm_train and ("--num-nodes" in slurm_train) == (project == "eurosat-lightning")
+    assert slurm_train[2:4] == ["--data", "/data"] and slurm_train[4:] == [*layout, "--epochs", "3", "--batch-size", "1024"]
 
 
 def test_the_schema_check_catches_a_broken_manifest():
-    out = render("eurosat-amp", 2, 1, "")
+    out = render(PROJECTS[0], 2, 1, "")
     job = yaml.safe_load((out / "pytorchjob.yaml").read_text())
     worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]
     worker["replica"] = worker.pop("replicas")  # a typo
@@ -94,5 +98,5 @@ def test_the_schema_check_catches_a_broken_manifest():
 
 
 def test_cluster_files_need_a_registry():
-    result = run("make", "cluster-files", "PROJECT=eurosat-amp", "NODES=2", check=False)
+    result = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", check=False)
     assert result.returncode == 2 and "error: set REGISTRY" in result.stderr

@@ -1,4 +1,4 @@
-"""Killed, stopped or out of space mid-training, eurosat-amp resumes to the same result as an uninterrupted run.
+"""Killed, stopped or out of space mid-training, every project resumes to the same result as an uninterrupted run.
 
 Real training processes, real signals (SIGKILL, SIGTERM, SIGINT) and a real kernel limit on file size
 (RLIMIT_FSIZE set on the running process, which makes the next checkpoint write fail the way a full disk does).
@@ -13,16 +13,15 @@ import time
 
 import pytest
 import torch
-from helpers import REPO, read_metrics, run_project, single_run_dir, without_timings
+from helpers import PROJECTS, REPO, assert_same_weights, read_metrics, run_project, single_run_dir, without_timings
 
 pytestmark = pytest.mark.slow
-PROJECT = "eurosat-amp"
 # 432 training images at batch 16: 27 steps an epoch, a checkpoint every 4 of them
 ARGS = ["--model", "resnet10t", "--batch-size", "16", "--epochs", "3", "--deterministic", "--checkpoint-every", "4"]
 
 
-def start(*args) -> subprocess.Popen:
-    command = [sys.executable, REPO / "projects" / PROJECT / "train.py", *args]
+def start(project, *args) -> subprocess.Popen:
+    command = [sys.executable, REPO / "projects" / project / "train.py", *args]
     return subprocess.Popen([str(c) for c in command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -40,36 +39,38 @@ def wait_until_training(process: subprocess.Popen) -> None:
 
 
 def checkpoint_position(path) -> tuple[int, int]:
+    """(epochs done, batches done in the next epoch), from plain PyTorch's or Lightning's checkpoint."""
     checkpoint = torch.load(path, weights_only=False)
+    if "loops" in checkpoint:
+        (loader,) = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+        done = loader["batches_done"]
+        return (loader["epoch"] + 1, 0) if done == 27 else (loader["epoch"], done)
     return checkpoint["epoch"], checkpoint["step"]
-
-
-def weights(run_dir) -> dict:
-    return torch.load(run_dir / "last.ckpt", weights_only=False)["model"]
 
 
 def assert_same_run(run_dir, reference) -> None:
     history = read_metrics(run_dir)
     assert [r["epoch"] for r in history] == [1, 2, 3]  # no duplicated or missing epoch lines
     assert without_timings(history) == without_timings(read_metrics(reference))
-    resumed, uninterrupted = weights(run_dir), weights(reference)
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    assert_same_weights(run_dir / "last.ckpt", reference / "last.ckpt")
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(sample_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    run_project(PROJECT, "train", "--data", sample_dir, "--out", out, *ARGS)
-    return single_run_dir(out)
+@pytest.fixture(scope="module", params=PROJECTS)
+def uninterrupted(request, sample_dir, tmp_path_factory):
+    """(project, the run directory of its uninterrupted run)."""
+    out = tmp_path_factory.mktemp(f"uninterrupted-{request.param}")
+    run_project(request.param, "train", "--data", sample_dir, "--out", out, *ARGS)
+    return request.param, single_run_dir(out)
 
 
 def test_kill_9_at_several_points_then_resume_equals_uninterrupted(sample_dir, tmp_path, uninterrupted):
+    project, uninterrupted = uninterrupted
     rng = random.Random()
     seed = rng.randrange(10**6)
     rng.seed(seed)
     print(f"kill delays drawn with seed {seed}")
     out = tmp_path / "runs"
-    process = start("train", "--data", sample_dir, "--out", out, *ARGS)
+    process = start(project, "train", "--data", sample_dir, "--out", out, *ARGS)
     wait_for(lambda: out.exists() and any(out.glob("*/last.ckpt")), process)
     run_dir = single_run_dir(out)
     kill_points = [
@@ -84,7 +85,7 @@ def test_kill_9_at_several_points_then_resume_equals_uninterrupted(sample_dir, t
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL
         killed_at.append(checkpoint_position(run_dir / "last.ckpt"))
-        process = start("train", "--resume", run_dir, "--epochs", "3")
+        process = start(project, "train", "--resume", run_dir, "--epochs", "3")
         wait_until_training(process)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -95,7 +96,8 @@ def test_kill_9_at_several_points_then_resume_equals_uninterrupted(sample_dir, t
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_stop_signal_writes_a_checkpoint_and_exits_cleanly(sample_dir, tmp_path, uninterrupted, signum, status):
-    process = start("train", "--data", sample_dir, "--out", tmp_path, *ARGS)
+    project, uninterrupted = uninterrupted
+    process = start(project, "train", "--data", sample_dir, "--out", tmp_path, *ARGS)
     wait_for(lambda: any(tmp_path.glob("*/last.ckpt")), process)  # step 4 of 27 in epoch 1
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
@@ -106,12 +108,13 @@ def test_stop_signal_writes_a_checkpoint_and_exits_cleanly(sample_dir, tmp_path,
     assert f"continue with --resume {run_dir}" in stderr
     epoch, step = checkpoint_position(run_dir / "last.ckpt")
     assert epoch == 0 and 0 < step < 27
-    run_project(PROJECT, "train", "--resume", run_dir, "--epochs", "3")
+    run_project(project, "train", "--resume", run_dir, "--epochs", "3")
     assert_same_run(run_dir, uninterrupted)
 
 
 def test_out_of_space_mid_training_keeps_the_previous_checkpoint(sample_dir, tmp_path, uninterrupted):
-    process = start("train", "--data", sample_dir, "--out", tmp_path, *ARGS)
+    project, uninterrupted = uninterrupted
+    process = start(project, "train", "--data", sample_dir, "--out", tmp_path, *ARGS)
     wait_for(lambda: any(tmp_path.glob("*/last.ckpt")), process)
     run_dir = single_run_dir(tmp_path)
     size = (run_dir / "last.ckpt").stat().st_size
@@ -124,5 +127,5 @@ def test_out_of_space_mid_training_keeps_the_previous_checkpoint(sample_dir, tmp
     epoch, step = checkpoint_position(run_dir / "last.ckpt")  # intact and loadable
     assert step > 0
     assert not list(run_dir.glob(".*.tmp-*"))  # no half-written file left behind
-    run_project(PROJECT, "train", "--resume", run_dir, "--epochs", "3")
+    run_project(project, "train", "--resume", run_dir, "--epochs", "3")
     assert_same_run(run_dir, uninterrupted)

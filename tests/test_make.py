@@ -5,7 +5,7 @@ import shutil
 import sys
 
 import pytest
-from helpers import REPO, run
+from helpers import PROJECTS, REPO, run
 
 needs_venv = pytest.mark.skipif(not (REPO / ".venv" / ".installed").exists(), reason="make venv has not run here")
 
@@ -23,6 +23,8 @@ def test_help_lists_every_target_with_one_line():
         "lock-check",
         "lint",
         "test",
+        "test-all",
+        "new-project",
         "clean",
         "test-images",
         "images",
@@ -37,13 +39,15 @@ def test_help_lists_every_target_with_one_line():
         "down",
     }
     assert expected <= targets, targets
-    assert "eurosat-amp eurosat-lightning" in result.stdout
+    assert f"Projects: {' '.join(PROJECTS)}" in result.stdout
 
 
 def test_unknown_project_lists_the_valid_ones():
     result = run("make", "train", "PROJECT=nope", check=False)
     assert result.returncode != 0
-    assert "unknown PROJECT=nope; valid projects: eurosat-amp eurosat-lightning" in result.stderr
+    assert (
+        result.stderr.strip() == f"error: unknown project 'nope': no projects/nope/project.toml; projects: {', '.join(PROJECTS)}"
+    )
 
 
 @needs_venv

@@ -3,13 +3,14 @@
 import json
 
 import pytest
-from helpers import SMALL, run, run_project, single_run_dir
+from helpers import PROJECTS, SMALL, run, run_project, single_run_dir
 
 pytestmark = pytest.mark.slow
 
 
-def test_make_reproduce_reruns_a_run_and_compares_it(sample_dir, tmp_path):
-    run_project("eurosat-amp", "train", "--data", sample_dir, "--out", tmp_path, "--epochs", "1", "--deterministic", *SMALL)
+@pytest.mark.parametrize("project", PROJECTS)
+def test_make_reproduce_reruns_a_run_and_compares_it(project, sample_dir, tmp_path):
+    run_project(project, "train", "--data", sample_dir, "--out", tmp_path, "--epochs", "1", "--deterministic", *SMALL)
     run_dir = single_run_dir(tmp_path)
 
     result = run("make", "reproduce", f"RUN={run_dir}")

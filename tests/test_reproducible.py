@@ -4,22 +4,21 @@ import hashlib
 import json
 
 import pytest
-import torch
-from helpers import SMALL, read_metrics, run_project, single_run_dir, without_timings
+from helpers import PROJECTS, SMALL, read_metrics, run_project, single_run_dir, weights, without_timings
 
 pytestmark = pytest.mark.slow
 
 
-def weights_sha256(checkpoint, key: str) -> str:
-    state = torch.load(checkpoint, weights_only=False)[key]
+def weights_sha256(checkpoint) -> str:
+    state = weights(checkpoint)
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode() + state[name].cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
-@pytest.mark.parametrize(("project", "weights"), [("eurosat-amp", "model"), ("eurosat-lightning", "state_dict")])
-def test_deterministic_runs_repeat_to_the_bit(project, weights, sample_dir, tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_deterministic_runs_repeat_to_the_bit(project, sample_dir, tmp_path):
     runs = []
     for name in ("first", "second"):
         run_project(
@@ -40,13 +39,13 @@ def test_deterministic_runs_repeat_to_the_bit(project, weights, sample_dir, tmp_
         runs.append(single_run_dir(tmp_path / name))
     first, second = runs
     assert without_timings(read_metrics(first)) == without_timings(read_metrics(second))
-    assert weights_sha256(first / "last.ckpt", weights) == weights_sha256(second / "last.ckpt", weights)
+    assert weights_sha256(first / "last.ckpt") == weights_sha256(second / "last.ckpt")
     for run_dir in runs:
         assert json.loads((run_dir / "provenance.json").read_text())["deterministic_algorithms"] is True
         assert json.loads((run_dir / "config.json").read_text())["deterministic"] is True
 
 
-@pytest.mark.parametrize("project", ["eurosat-amp", "eurosat-lightning"])
+@pytest.mark.parametrize("project", PROJECTS)
 def test_resume_falls_back_to_the_previous_checkpoint_when_the_last_is_corrupt(project, sample_dir, tmp_path):
     run_project(project, "train", "--data", sample_dir, "--out", tmp_path, "--epochs", "2", *SMALL)
     run_dir = single_run_dir(tmp_path)
@@ -60,8 +59,9 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_last_is_corrupt(p
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2, 3]  # no duplicated or missing epoch line
 
 
-def test_a_corrupt_checkpoint_without_a_previous_one_is_one_clear_line(tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_a_corrupt_checkpoint_without_a_previous_one_is_one_clear_line(project, tmp_path):
     (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
-    result = run_project("eurosat-amp", "train", "--resume", tmp_path, check=False)
+    result = run_project(project, "train", "--resume", tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith(f"error: cannot load checkpoint {tmp_path / 'last.ckpt'}")

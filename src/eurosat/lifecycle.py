@@ -25,6 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from eurosat.cli import build_parser, parse_args, run_cli
 from eurosat.datasets import EuroSATSplits
 from eurosat.errors import UserError
+from eurosat.files import list_files
 from eurosat.inference import evaluate_command, predict_command
 from eurosat.models import build_model, check_model_name
 from eurosat.runs import (
@@ -135,6 +136,7 @@ class Run:
         else:
             config = {**given, "project": experiment.name}
         check_model_name(config["model"])
+        list_files(Path(config["data"]))  # a missing or empty data folder is one line before any folder is made
         if handed := os.environ.get(RUN_DIR_ENV):  # a process a framework's launcher started from rank 0's
             directory = Path(handed)
         elif directory is None and _global_rank() == 0:
@@ -240,6 +242,8 @@ def train(experiment: Experiment, args) -> list[dict]:
         run.stop.release()
         if handing_over:
             os.environ.pop(RUN_DIR_ENV, None)
+            if not any(run.directory.iterdir()):  # stopped by bad input before anything was written
+                run.directory.rmdir()
     return run.history
 
 

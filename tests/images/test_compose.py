@@ -10,8 +10,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from helpers import REPO
 from engine import DOCKER, docker, image_id, make
+from helpers import REPO
 
 
 def free_port() -> int:

@@ -8,8 +8,8 @@ import subprocess
 import time
 
 import pytest
-from helpers import REPO
 from engine import IMAGES, STANDIN_NGC, docker, image_id, make
+from helpers import REPO
 
 TRAINING = ["torch", "torchvision", "timm", "skimage", "sklearn.model_selection", "tifffile", "tensorboard", "tqdm"]
 PACKAGES = {

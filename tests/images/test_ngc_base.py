@@ -7,8 +7,8 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import REPO
 from engine import DOCKER, STANDIN_NGC, docker, image_id, make
+from helpers import REPO
 
 NGC_LAYERS = ("torch-ngc", "lightning", "jupyter")
 PARENT = {"torch-ngc": STANDIN_NGC, "lightning": "eurosat/torch-ngc:latest", "jupyter": "eurosat/lightning:latest"}

@@ -7,8 +7,8 @@ import subprocess
 import time
 
 import pytest
-from helpers import REPO, read_metrics, run_project, single_run_dir
 from engine import docker, make, make_settings
+from helpers import REPO, read_metrics, run_project, single_run_dir
 
 # The global batch of 16 is 8 per node. Each step's samples are the same as the single process's (the shards
 # interleave one shuffled order) and DDP averages the gradients, so only BatchNorm differs: it normalises
