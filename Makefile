@@ -77,6 +77,9 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 
 venv: $(VENV_STAMP) ## create .venv from requirements.lock (every file hash-checked)
 
+new-project: ## write projects/NAME/ (manifest, train.py, README.md) as a copy of FROM (default: the default project)
+	@$(PYTHON) scripts/new_project.py "$(NAME)" $(if $(FROM),--from "$(FROM)")
+
 check-project:
 	@$(MANIFEST) check "$(PROJECT)"
 

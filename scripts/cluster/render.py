@@ -1,6 +1,6 @@
 """make cluster-files: the Slurm batch script and the Kubeflow PyTorchJob that run PROJECT on NODES x GPUS.
 
-    python scripts/cluster/render.py --project eurosat-amp --nodes 2 --gpus 8 --image REGISTRY/eurosat/torch-ngc:TAG
+    python scripts/cluster/render.py --project NAME --nodes 2 --gpus 8 --image REGISTRY/eurosat/torch-ngc:TAG
 
 Both run the same image and the same train.py with the same flags under torchrun: Slurm meets the nodes
 with the c10d rendezvous at the first node, Kubernetes with the master address the training operator sets.

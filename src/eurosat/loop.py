@@ -1,6 +1,6 @@
 """The pure PyTorch training loop's parts: one process per device, one epoch with autocast and a gradient scaler.
 
-eurosat-amp's train.py is built from them, and so is the benchmark (bench/run.py), which times them alone.
+Plain PyTorch projects build their train.py from them, and the benchmark (bench/run.py) times them alone.
 """
 
 from __future__ import annotations
