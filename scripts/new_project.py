@@ -24,7 +24,7 @@ def new_project(name: str, source: str) -> Path:
     if not name:
         raise UserError("pass NAME=<name>, e.g. make new-project NAME=eurosat-vit [FROM=<project>]")
     if not manifest.PROJECT_NAME.fullmatch(name):
-        raise UserError(f"NAME={name}: use lowercase letters, digits and single dashes, starting with a letter (e.g. eurosat-vit)")
+        raise UserError(f"NAME={name}: use lowercase letters, digits and single dashes, starting with a letter (e.g. vit-b16)")
     target = manifest.PROJECTS_DIR / name
     if target.exists():
         raise UserError(f"NAME={name}: {target.relative_to(manifest.REPO_ROOT)} exists already; pick another name")
@@ -40,7 +40,8 @@ def new_project(name: str, source: str) -> Path:
             else:
                 shutil.copy2(path, staging / path.name)
         toml = (staging / "project.toml").read_text().replace("default = true\n", "")
-        toml = toml.replace(f'description = "{template.description}"', f'description = "{name}: a copy of {source}; say what it tries"')
+        described = f'description = "{name}: a copy of {source}; say what it tries"'
+        toml = toml.replace(f'description = "{template.description}"', described)
         (staging / "project.toml").write_text(toml)
         (staging / "README.md").write_text(
             f"# {name}\n\nStarted from {source} with `make new-project NAME={name} FROM={source}`: "
