@@ -19,6 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from eurosat.manifest import read_env  # noqa: E402 (the standard library only, like this script)
+
+VERSIONS = read_env(Path(__file__).resolve().parents[1] / "images" / "versions.env")
+PINNED_BY_VERSIONS = {"torch": "TORCH_VERSION", "torchvision": "TORCHVISION_VERSION"}
+
 INPUT_HASH = re.compile(r"^# input sha256: ([0-9a-f]{64})$", re.M)
 SEAL = re.compile(r"^# lock sha256: ([0-9a-f]{64})\n", re.M)
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", re.M)
@@ -37,7 +43,7 @@ def compile_lock(source: Path, lock: Path) -> None:
         str(source),
         "--universal",
         "--python-version",
-        "3.11",
+        VERSIONS["LOCK_PYTHON"],
         "--generate-hashes",
         "--quiet",
         "--custom-compile-command",
@@ -76,6 +82,14 @@ def verify(lock: Path) -> str | None:
     return None
 
 
+def versions_problems(source: Path, requirement) -> list[str]:
+    """torch and torchvision are pinned to images/versions.env's versions wherever a requirements.in names them."""
+    key = PINNED_BY_VERSIONS.get(requirement.name.lower())
+    if key and str(requirement.specifier) != f"=={VERSIONS[key]}":
+        return [f"{source} asks for {requirement}, images/versions.env has {key}={VERSIONS[key]}"]
+    return []
+
+
 def check_lock(source: Path, lock: Path) -> list[str]:
     from packaging.requirements import Requirement  # here, so that verify needs nothing outside the stdlib
     from packaging.utils import canonicalize_name
@@ -96,6 +110,7 @@ def check_lock(source: Path, lock: Path) -> list[str]:
             problems.append(f"{requirement.name} is in {source} but not pinned in {lock}")
         elif not requirement.specifier.contains(pinned, prereleases=True):
             problems.append(f"{lock} pins {requirement.name}=={pinned}, {source} asks for {requirement}")
+        problems += versions_problems(source, requirement)
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
         match = PIN.match(block)
         if match and "--hash=sha256:" not in block:

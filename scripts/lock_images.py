@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lock import seal
+from lock import VERSIONS, seal, versions_problems
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -44,7 +44,11 @@ def lock_cuda_base(out: Path) -> None:
     lock.parent.mkdir(parents=True, exist_ok=True)
     uv = Path(sys.executable).with_name("uv")
     source = REPO / "images" / "cuda-base" / "requirements.in"
-    command = [str(uv), "pip", "compile", str(source), "--universal", "--python-version", "3.11", "--generate-hashes"]
+    for line in filter(None, (line.split("#")[0].strip() for line in source.read_text().splitlines())):
+        for problem in versions_problems(source, Requirement(line)):
+            sys.exit(f"error: {problem}")
+    python = VERSIONS["LOCK_PYTHON"]
+    command = [str(uv), "pip", "compile", str(source), "--universal", "--python-version", python, "--generate-hashes"]
     command += ["--quiet", "--custom-compile-command", "make lock-images", "-o", str(lock)]
     subprocess.run(command, check=True)
     seal(lock)

@@ -9,6 +9,7 @@ import sys
 from helpers import REPO, run
 
 FILES = ("Makefile", "requirements.in", "requirements.lock", "pyproject.toml", "scripts/lock.py", "images/versions.env")
+FILES += ("images/hierarchy.env", "src/eurosat/__init__.py", "src/eurosat/errors.py", "src/eurosat/manifest.py")
 
 
 def tamper_hashes(text: str, package: str = r"[A-Za-z0-9_.\-]+") -> tuple[str, str]:
