@@ -2,8 +2,8 @@
 
     python scripts/lock_images.py --ngc-base IMAGE [--out DIR] LAYER...      (layers in build order)
 
-cuda-base is a virtual environment over a base without Python packages: a universal lock (uv, every platform,
-Python >= 3.11). Every other layer is solved inside one throwaway container of the NGC base, in build order:
+A layer on the CUDA root (images/hierarchy.env) is a virtual environment over a base without Python packages: a
+universal lock (uv, every platform, Python >= LOCK_PYTHON of versions.env). A layer on the NGC root is solved inside one throwaway container of the NGC base, in build order:
 pip itself resolves the layer's requirements.in with the base's PIP_CONSTRAINT in force and every installed
 distribution as a constraint (the base's own versions, pre-releases like NGC's torch included), for the base's
 Python and platform. The lock holds only what the base lacks, one hashed file per package, and records the
@@ -26,6 +26,8 @@ from lock import VERSIONS, seal, versions_problems
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from eurosat.manifest import image_hierarchy
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = os.environ.get("DOCKER", "docker")
 WORK = "/lock"  # where the container sees the scratch folder
@@ -38,12 +40,12 @@ def docker(*args: str) -> str:
     return result.stdout.strip()
 
 
-def lock_cuda_base(out: Path) -> None:
-    """The plain-CUDA root: torch and torchvision in a venv, so a universal lock fits any Python >= 3.11 base."""
-    lock = out / "cuda-base" / "requirements.lock"
+def lock_cuda_layer(layer: str, out: Path) -> None:
+    """On the plain-CUDA root: torch and torchvision in a venv, so a universal lock fits any Python of the base."""
+    lock = out / layer / "requirements.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     uv = Path(sys.executable).with_name("uv")
-    source = REPO / "images" / "cuda-base" / "requirements.in"
+    source = REPO / "images" / layer / "requirements.in"
     for line in filter(None, (line.split("#")[0].strip() for line in source.read_text().splitlines())):
         for problem in versions_problems(source, Requirement(line)):
             sys.exit(f"error: {problem}")
@@ -156,9 +158,11 @@ def main() -> int:
     if unknown:
         known = sorted(path.parent.name for path in (REPO / "images").glob("*/requirements.in"))
         sys.exit(f"error: no images/<layer>/requirements.in for {' '.join(unknown)}: LOCK_LAYERS takes {' '.join(known)}")
-    if "cuda-base" in args.layers:
-        lock_cuda_base(args.out)
-    lock_ngc_layers([layer for layer in args.layers if layer != "cuda-base"], args.ngc_base, args.out)
+    hierarchy = image_hierarchy()
+    for layer in args.layers:
+        if hierarchy.root(layer) == "CUDA_BASE":
+            lock_cuda_layer(layer, args.out)
+    lock_ngc_layers([layer for layer in args.layers if hierarchy.root(layer) == "NGC_BASE"], args.ngc_base, args.out)
     return 0
 
 

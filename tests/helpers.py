@@ -6,6 +6,8 @@ import contextlib
 import functools
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -101,3 +103,28 @@ def check_two_process_run(result, out: Path) -> None:
     assert record["val_samples"] == 135
     assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
     assert result.stdout.count("Epoch 1/1 loss") == 1  # rank 0 prints, rank 1 does not
+
+
+def copy_repository(root: Path) -> Path:
+    """The working tree's tracked and new files, committed in a fresh git repository at root (to use this .venv)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True)
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)  # the times too: make must see .venv as up to date
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", root]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
+        subprocess.run([*git, *command], check=True)
+    return root
+
+
+def in_clone(clone: Path, *args, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(clone / "src")}  # its own eurosat package, not this one's editable install
+    result = subprocess.run([str(a) for a in args], cwd=clone, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode:
+        raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def make_in_clone(clone: Path, *args, **kwargs) -> subprocess.CompletedProcess:
+    return in_clone(clone, "make", *args, f"VENV={REPO / '.venv'}", **kwargs)

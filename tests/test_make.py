@@ -46,7 +46,8 @@ def test_unknown_project_lists_the_valid_ones():
     result = run("make", "train", "PROJECT=nope", check=False)
     assert result.returncode != 0
     assert (
-        result.stderr.splitlines()[0] == f"error: unknown project 'nope': no projects/nope/project.toml; projects: {', '.join(PROJECTS)}"
+        result.stderr.splitlines()[0]
+        == f"error: unknown project 'nope': no projects/nope/project.toml; projects: {', '.join(PROJECTS)}"
     )
 
 

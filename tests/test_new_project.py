@@ -2,13 +2,11 @@
 takes a project works on it (make train, evaluate, predict, make cluster-files, make reproduce, the tests)."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-from helpers import PROJECTS, REPO, SMALL, single_run_dir
+from helpers import PROJECTS, REPO, SMALL, copy_repository, in_clone, make_in_clone, single_run_dir
 
 pytestmark = pytest.mark.slow
 NAME = "eurosat-third"
@@ -16,42 +14,20 @@ NAME = "eurosat-third"
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory):
-    """The working tree's tracked and new files, committed in a fresh git repository, using this .venv."""
-    root = tmp_path_factory.mktemp("clone") / "repo"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True)
-    for name in filter(None, listed.stdout.decode().split("\0")):
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)  # the times too: make must see .venv as up to date
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", root]
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
-        subprocess.run([*git, *command], check=True)
-    return root
-
-
-def in_clone(clone, *args, check=True, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(clone / "src")}  # its own eurosat package, not this one's editable install
-    result = subprocess.run([str(a) for a in args], cwd=clone, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode:
-        raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def make(clone, *args, **kwargs):
-    return in_clone(clone, "make", *args, f"VENV={REPO / '.venv'}", **kwargs)
+    return copy_repository(tmp_path_factory.mktemp("clone") / "repo")
 
 
 def test_a_scaffolded_project_works_everywhere_with_no_file_outside_its_folder(clone, sample_dir, tmp_path):
-    result = make(clone, "new-project", f"NAME={NAME}", f"FROM={PROJECTS[-1]}")
+    result = make_in_clone(clone, "new-project", f"NAME={NAME}", f"FROM={PROJECTS[-1]}")
     assert f"wrote projects/{NAME}/ (README.md, project.toml, train.py) from {PROJECTS[-1]}" in result.stdout
     changed = in_clone(clone, "git", "status", "--porcelain", "--untracked-files=all").stdout.splitlines()
     assert sorted(line[3:] for line in changed) == [f"projects/{NAME}/{f}" for f in ("README.md", "project.toml", "train.py")]
-    assert NAME in make(clone, "help").stdout  # listed among the projects
+    assert NAME in make_in_clone(clone, "help").stdout  # listed among the projects
 
     # make train on the local runner, then evaluate and predict with its train.py
     runs = tmp_path / "runs"
     args = f"ARGS=--epochs 1 --deterministic {' '.join(SMALL)} --out {runs}"
-    assert "Epoch 1/1 loss" in make(clone, "train", "RUNNER=local", f"PROJECT={NAME}", f"DATA={sample_dir}", args).stdout
+    assert "Epoch 1/1 loss" in make_in_clone(clone, "train", "RUNNER=local", f"PROJECT={NAME}", f"DATA={sample_dir}", args).stdout
     run_dir = single_run_dir(runs)
     assert json.loads((run_dir / "config.json").read_text())["project"] == NAME
     script = clone / "projects" / NAME / "train.py"
@@ -60,11 +36,11 @@ def test_a_scaffolded_project_works_everywhere_with_no_file_outside_its_folder(c
     assert in_clone(clone, sys.executable, script, "predict", run_dir / "best.ckpt", tif).stdout.startswith(f"{tif}\t")
 
     # the cluster files name its image and its layout flags; make reproduce trains it again to the same metrics
-    make(clone, "cluster-files", f"PROJECT={NAME}", "NODES=2", "GPUS=4", "REGISTRY=registry.example.org/team")
+    make_in_clone(clone, "cluster-files", f"PROJECT={NAME}", "NODES=2", "GPUS=4", "REGISTRY=registry.example.org/team")
     slurm = (clone / "build" / "cluster" / f"{NAME}-2x4" / "slurm.sbatch").read_text()
     assert f"projects/{NAME}/train.py train --data /data --devices 4 --num-nodes 2" in slurm
     assert "registry.example.org/team/lightning:" in slurm
-    assert "metrics: identical to the recorded run" in make(clone, "reproduce", f"RUN={run_dir}").stdout
+    assert "metrics: identical to the recorded run" in make_in_clone(clone, "reproduce", f"RUN={run_dir}").stdout
 
     # the project-parametrized tests pick it up
     collected = in_clone(clone, sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/test_projects.py").stdout
@@ -82,9 +58,9 @@ def test_bad_or_taken_names_are_one_line(clone):
         ("Eurosat_X", "NAME=Eurosat_X: use lowercase letters"),
         (PROJECTS[0], f"NAME={PROJECTS[0]}: projects/{PROJECTS[0]} exists already"),
     ]:
-        result = make(clone, "new-project", f"NAME={name}", check=False)
+        result = make_in_clone(clone, "new-project", f"NAME={name}", check=False)
         assert result.returncode == 2 and f"error: {message}" in result.stderr.splitlines()[0]
-    result = make(clone, "new-project", "NAME=eurosat-x", "FROM=nope", check=False)
+    result = make_in_clone(clone, "new-project", "NAME=eurosat-x", "FROM=nope", check=False)
     assert result.returncode == 2 and "error: unknown project 'nope'" in result.stderr
     assert not (clone / "projects" / "eurosat-x").exists()
 

@@ -6,15 +6,25 @@ import time
 
 from helpers import REPO
 
+from eurosat.manifest import image_hierarchy
+
 DOCKER = os.environ.get("DOCKER", "docker")
-IMAGES = ("cuda-base", "torch-ngc", "lightning", "jupyter")
+HIERARCHY = image_hierarchy()  # images/hierarchy.env: the images in build order, each one's parent
+IMAGES = HIERARCHY.order
 STANDIN_CUDA = "eurosat/standin-cuda:bookworm"
 STANDIN_NGC = "eurosat/standin-ngc:25.10"
+STANDINS = {"CUDA_BASE": STANDIN_CUDA, "NGC_BASE": STANDIN_NGC}  # what each root base is here
+
+
+def parent_image(image: str) -> str:
+    """The image `image` is built FROM on this machine."""
+    parent = HIERARCHY.parents[image]
+    return f"eurosat/{parent}:latest" if parent in IMAGES else STANDINS[parent]
 
 
 def make_settings() -> list[str]:
     """make variables for this machine: the stand-in bases (no registry here) and the engine's limits."""
-    settings = [f"DOCKER={DOCKER}", f"CUDA_BASE={STANDIN_CUDA}", f"NGC_BASE={STANDIN_NGC}"]
+    settings = [f"DOCKER={DOCKER}", *(f"{root}={standin}" for root, standin in STANDINS.items())]
     for name in ("PIP_CA", "MEMLOCK_LIMIT"):
         if os.environ.get(name):
             settings.append(f"{name}={os.environ[name]}")

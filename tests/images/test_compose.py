@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from engine import DOCKER, docker, image_id, make
+from engine import DOCKER, IMAGES, docker, image_id, make
 from helpers import REPO
 
 
@@ -84,7 +84,7 @@ def test_the_token_is_in_no_image(built_images, dotenv):
     make("notebook")
     token = re.search(r"^JUPYTER_TOKEN=([0-9a-f]{48})$", (REPO / ".env").read_text(), re.M).group(1)
     assert subprocess.run(["git", "check-ignore", "--quiet", ".env"], cwd=REPO).returncode == 0
-    for name in ("cuda-base", "torch-ngc", "lightning", "jupyter"):
+    for name in IMAGES:
         image = f"eurosat/{name}:latest"
         assert token not in docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
         assert token not in docker("image", "inspect", image).stdout

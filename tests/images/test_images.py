@@ -8,16 +8,24 @@ import subprocess
 import time
 
 import pytest
-from engine import IMAGES, STANDIN_NGC, docker, image_id, make
-from helpers import REPO
+from engine import HIERARCHY, IMAGES, STANDIN_NGC, docker, image_id, make, make_settings
+from helpers import PROJECTS, REPO, SMALL, copy_repository, make_in_clone
 
-TRAINING = ["torch", "torchvision", "timm", "skimage", "sklearn.model_selection", "tifffile", "tensorboard", "tqdm"]
+from eurosat import manifest
+
+# What each image adds; an image is checked for its own and its parents' (docker-stacks' parent map)
 PACKAGES = {
     "cuda-base": ["torch", "torchvision"],
-    "torch-ngc": TRAINING,
-    "lightning": [*TRAINING, "pytorch_lightning", "torchmetrics"],
-    "jupyter": [*TRAINING, "pytorch_lightning", "torchmetrics", "jupyterlab", "nbclient", "ipykernel"],
+    "torch-ngc": ["torch", "torchvision", "timm", "skimage", "sklearn.model_selection", "tifffile", "tensorboard", "tqdm"],
+    "lightning": ["pytorch_lightning", "torchmetrics"],
+    "jupyter": ["jupyterlab", "nbclient", "ipykernel"],
 }
+
+
+def packages(image: str) -> list[str]:
+    return [name for layer in HIERARCHY.lineage(image) for name in PACKAGES[layer]]
+
+
 # A forward and backward pass, on timm's model where the image has timm (torchvision's otherwise).
 BACKWARD = """
 import torch, {module}
@@ -56,26 +64,26 @@ def run_in(image: str, *command: str) -> str:
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_packages_import_and_pip_check_passes(built_images, image):
-    imports = "; ".join(f"import {name}" for name in PACKAGES[image])
+    imports = "; ".join(f"import {name}" for name in packages(image))
     run_in(image, "python3", "-c", imports)
     assert "No broken requirements" in run_in(image, "python3", "-m", "pip", "check")
 
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_a_model_trains_a_step_in_every_image(built_images, image):
-    if image == "cuda-base":
+    if "timm" not in packages(image):
         probe = BACKWARD.format(module="torchvision", model="torchvision.models.resnet18(num_classes=4)")
     else:
         probe = BACKWARD.format(module="timm", model="timm.create_model('resnet10t', num_classes=4)")
     assert run_in(image, "python3", "-c", probe).startswith("backward ok")
 
 
-@pytest.mark.parametrize("image", ["lightning", "jupyter"])
+@pytest.mark.parametrize("image", HIERARCHY.children("lightning"))
 def test_lightning_fits_one_tiny_epoch(built_images, image):
     assert run_in(image, "python3", "-c", FIT).splitlines()[-1].startswith("fit ok 4 ")
 
 
-@pytest.mark.parametrize("image", ["torch-ngc", "lightning", "jupyter"])
+@pytest.mark.parametrize("image", [image for image in IMAGES if HIERARCHY.root(image) == "NGC_BASE"])
 def test_torch_is_the_base_images_own_build(built_images, image):
     probe = "import torch; print(torch.__version__, torch.__file__)"
     assert run_in(image, "python3", "-c", probe) == docker("run", "--rm", STANDIN_NGC, "python3", "-c", probe).stdout.strip()
@@ -101,8 +109,9 @@ def test_labels(built_images, image):
     assert image_id(image) == docker("image", "inspect", "--format", "{{.Id}}", f"eurosat/{image}:{short_sha}").stdout.strip()
 
 
-@pytest.mark.parametrize(("project", "image"), [("eurosat-amp", "torch-ngc"), ("eurosat-lightning", "lightning")])
-def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_images, project, image, sample_dir, tmp_path):
+@pytest.mark.parametrize("project", PROJECTS)
+def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_images, project, sample_dir, tmp_path):
+    image = manifest.load(project).image
     out = f"runs/image-test-{project}-{int(time.time())}"
     try:
         result = make(
@@ -132,7 +141,7 @@ def test_gpus_launches_torchrun_in_the_container(built_images, sample_dir):
         make(
             "train",
             "RUNNER=docker",
-            "PROJECT=eurosat-amp",
+            f"PROJECT={manifest.default_project()}",
             "GPUS=2",
             f"DATA={sample_dir}",
             f"ARGS=--epochs 1 --model resnet10t --batch-size 32 --val-fraction 0.25 --out {out}",
@@ -143,6 +152,18 @@ def test_gpus_launches_torchrun_in_the_container(built_images, sample_dir):
         assert record["val_samples"] == 135
     finally:
         shutil.rmtree(REPO / out, ignore_errors=True)
+
+
+def test_a_scaffolded_project_trains_in_its_container(built_images, sample_dir, tmp_path):
+    """make new-project in a copy of the repository, then make train in the image its manifest names."""
+    clone = copy_repository(tmp_path / "repo")
+    make_in_clone(clone, "new-project", "NAME=eurosat-third", f"FROM={PROJECTS[-1]}")
+    args = f"ARGS=--epochs 1 {' '.join(SMALL)} --out runs/third"
+    result = make_in_clone(clone, "train", "RUNNER=docker", "PROJECT=eurosat-third", f"DATA={sample_dir}", args, *make_settings())
+    assert "Epoch 1/1 loss" in result.stdout
+    (run_dir,) = (clone / "runs" / "third").iterdir()
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["container"]["image_id"] == image_id(manifest.load(PROJECTS[-1]).image)
 
 
 def test_notebook_trains_inside_the_jupyter_image(built_images, sample_dir):

@@ -7,11 +7,11 @@ import shutil
 import subprocess
 
 import pytest
-from engine import DOCKER, STANDIN_NGC, docker, image_id, make
+from engine import DOCKER, HIERARCHY, IMAGES, STANDIN_NGC, docker, image_id, make, parent_image
 from helpers import REPO
 
-NGC_LAYERS = ("torch-ngc", "lightning", "jupyter")
-PARENT = {"torch-ngc": STANDIN_NGC, "lightning": "eurosat/torch-ngc:latest", "jupyter": "eurosat/lightning:latest"}
+NGC_LAYERS = [image for image in IMAGES if HIERARCHY.root(image) == "NGC_BASE"]
+PARENT = {image: parent_image(image) for image in NGC_LAYERS}
 
 
 def pip_network() -> list[str]:
@@ -122,7 +122,7 @@ def test_make_lock_images_solves_each_layer_inside_the_base(built_images, base_p
     shutil.copytree(REPO / "images", images)
     for layer in NGC_LAYERS:
         (images / layer / "requirements.lock").unlink()
-    make("lock-images", "LOCK_LAYERS=torch-ngc lightning jupyter", f"IMAGES_DIR={images}", timeout=900)
+    make("lock-images", f"LOCK_LAYERS={' '.join(NGC_LAYERS)}", f"IMAGES_DIR={images}", timeout=900)
     for layer in NGC_LAYERS:
         lock = (images / layer / "requirements.lock").read_text()
         committed = (REPO / "images" / layer / "requirements.lock").read_text()
