@@ -3,7 +3,8 @@
     python scripts/lock_images.py --ngc-base IMAGE [--out DIR] LAYER...      (layers in build order)
 
 A layer on the CUDA root (images/hierarchy.env) is a virtual environment over a base without Python packages: a
-universal lock (uv, every platform, Python >= LOCK_PYTHON of versions.env). A layer on the NGC root is solved inside one throwaway container of the NGC base, in build order:
+universal lock (uv, every platform, Python >= LOCK_PYTHON of versions.env). A layer on the NGC root is solved
+inside one throwaway container of the NGC base, in build order:
 pip itself resolves the layer's requirements.in with the base's PIP_CONSTRAINT in force and every installed
 distribution as a constraint (the base's own versions, pre-releases like NGC's torch included), for the base's
 Python and platform. The lock holds only what the base lacks, one hashed file per package, and records the
