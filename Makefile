@@ -111,7 +111,7 @@ reproduce: $(VENV_STAMP) ## train a recorded run again, warn about every provena
 	$(VENV_PY) -m eurosat.reproduce "$(RUN)"
 
 bench: $(VENV_STAMP) ## the articles' baseline vs this project on DATA (ARGS: --device, --model, --batch-size ...)
-	$(VENV_PY) bench/run.py --data $(DATA) $(ARGS)
+	$(VENV_PY) bench/run.py --data $(DATA) --project $(PROJECT) $(ARGS)
 
 lock: $(VENV_STAMP) ## regenerate requirements.lock (hashes, all platforms) from requirements.in
 	$(VENV_PY) scripts/lock.py compile requirements.in requirements.lock
