@@ -10,8 +10,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from engine import DOCKER, IMAGES, docker, image_id, make
-from helpers import REPO
+from engine import DOCKER, IMAGES, docker, image_id, make, make_settings
+from helpers import REPO, copy_repository, make_in_clone
 
 
 def free_port() -> int:
@@ -28,22 +28,27 @@ def status(url: str) -> int:
         return error.code
 
 
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    """The notebook tests work in a copy of the repository: its .env and notebooks/ are theirs, not the developer's."""
+    return copy_repository(tmp_path_factory.mktemp("notebook") / "repo")
+
+
+def make_in(root, *args, check=True):
+    return make_in_clone(root, *args, *make_settings(), check=check)
+
+
 @pytest.fixture
-def dotenv():
-    """A private .env for the test (free ports, no token yet); the developer's own .env comes back after."""
-    saved = REPO / ".env.saved-by-tests"
-    if (REPO / ".env").exists():
-        shutil.move(REPO / ".env", saved)
+def dotenv(repo_copy):
+    """(the copy, free ports): a fresh .env in the copy, with free ports and no token yet."""
     ports = {"JUPYTER_PORT": free_port(), "TENSORBOARD_PORT": free_port()}
-    text = (REPO / ".env.example").read_text()
+    text = (repo_copy / ".env.example").read_text()
     for key, port in ports.items():
         text = re.sub(rf"^{key}=.*$", f"{key}={port}", text, flags=re.M)
-    (REPO / ".env").write_text(text)
-    yield ports
-    make("down", check=False)
-    (REPO / ".env").unlink(missing_ok=True)
-    if saved.exists():
-        shutil.move(saved, REPO / ".env")
+    (repo_copy / ".env").write_text(text)
+    yield repo_copy, ports
+    make_in(repo_copy, "down", check=False)
+    (repo_copy / ".env").unlink(missing_ok=True)
 
 
 def running_containers() -> list[str]:
@@ -51,9 +56,10 @@ def running_containers() -> list[str]:
 
 
 def test_make_notebook_serves_jupyter_with_a_token_and_tensorboard(built_images, dotenv):
-    result = make("notebook")
-    token = re.search(r"^JUPYTER_TOKEN=([0-9a-f]{48})$", (REPO / ".env").read_text(), re.M).group(1)
-    assert oct((REPO / ".env").stat().st_mode & 0o777) == "0o600"
+    root, dotenv = dotenv
+    result = make_in(root, "notebook")
+    token = re.search(r"^JUPYTER_TOKEN=([0-9a-f]{48})$", (root / ".env").read_text(), re.M).group(1)
+    assert oct((root / ".env").stat().st_mode & 0o777) == "0o600"
     url = f"http://127.0.0.1:{dotenv['JUPYTER_PORT']}/lab?token={token}"
     assert url in result.stdout
     assert status(url) == 200
@@ -69,21 +75,22 @@ def test_make_notebook_serves_jupyter_with_a_token_and_tensorboard(built_images,
     published = docker("port", *notebook, "8888").stdout
     assert published.startswith("127.0.0.1:")  # private to this machine by default
 
-    (REPO / "notebooks" / "probe-survives-down.ipynb").write_text("{}")
+    (root / "notebooks" / "probe-survives-down.ipynb").write_text("{}")
     try:
-        make("down")
+        make_in(root, "down")
         assert running_containers() == []
-        assert (REPO / "notebooks" / "probe-survives-down.ipynb").read_text() == "{}"
+        assert (root / "notebooks" / "probe-survives-down.ipynb").read_text() == "{}"
     finally:
-        (REPO / "notebooks" / "probe-survives-down.ipynb").unlink()
+        (root / "notebooks" / "probe-survives-down.ipynb").unlink()
 
 
 def test_the_token_is_in_no_image(built_images, dotenv):
     """The token lives in .env (git-ignored, mode 600) and reaches Jupyter at run time only: no image's
     history, config or files (the folders the Dockerfiles write) contain it."""
-    make("notebook")
-    token = re.search(r"^JUPYTER_TOKEN=([0-9a-f]{48})$", (REPO / ".env").read_text(), re.M).group(1)
-    assert subprocess.run(["git", "check-ignore", "--quiet", ".env"], cwd=REPO).returncode == 0
+    root, _ = dotenv
+    make_in(root, "notebook")
+    token = re.search(r"^JUPYTER_TOKEN=([0-9a-f]{48})$", (root / ".env").read_text(), re.M).group(1)
+    assert subprocess.run(["git", "check-ignore", "--quiet", ".env"], cwd=root).returncode == 0
     for name in IMAGES:
         image = f"eurosat/{name}:latest"
         assert token not in docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
@@ -121,16 +128,18 @@ def test_make_needs_no_sudo():
 
 
 def test_busy_port_is_one_clear_line(built_images, dotenv):
+    root, dotenv = dotenv
     with socket.create_server(("127.0.0.1", dotenv["JUPYTER_PORT"])):
-        result = make("notebook", check=False)
+        result = make_in(root, "notebook", check=False)
     assert result.returncode != 0
     assert f"error: port {dotenv['JUPYTER_PORT']} (JUPYTER_PORT in .env)" in result.stderr
     assert running_containers() == []
 
 
 def test_missing_env_value_is_one_clear_line(built_images, dotenv):
-    (REPO / ".env").write_text(re.sub(r"^TENSORBOARD_PORT=.*$", "TENSORBOARD_PORT=", (REPO / ".env").read_text(), flags=re.M))
-    result = make("notebook", check=False)
+    root, _ = dotenv
+    (root / ".env").write_text(re.sub(r"^TENSORBOARD_PORT=.*$", "TENSORBOARD_PORT=", (root / ".env").read_text(), flags=re.M))
+    result = make_in(root, "notebook", check=False)
     assert result.returncode != 0
     assert "error: TENSORBOARD_PORT has no value in .env" in result.stderr
 
@@ -215,4 +224,4 @@ def test_a_failing_container_run_fails_make(built_images, tmp_path):
 def test_unknown_project_with_the_container_runner():
     result = make("train", "RUNNER=docker", "PROJECT=nope", check=False)
     assert result.returncode != 0
-    assert "unknown PROJECT=nope; valid projects: eurosat-amp eurosat-lightning" in result.stderr
+    assert "error: unknown project 'nope': no projects/nope/project.toml; projects: " in result.stderr
