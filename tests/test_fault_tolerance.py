@@ -4,6 +4,7 @@ Real training processes, real signals (SIGKILL, SIGTERM, SIGINT) and a real kern
 (RLIMIT_FSIZE set on the running process, which makes the next checkpoint write fail the way a full disk does).
 """
 
+import json
 import random
 import resource
 import signal
@@ -22,7 +23,7 @@ ARGS = ["--model", "resnet10t", "--batch-size", "16", "--epochs", "3", "--determ
 
 def start(project, *args) -> subprocess.Popen:
     command = [sys.executable, REPO / "projects" / project / "train.py", *args]
-    return subprocess.Popen([str(c) for c in command], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([str(c) for c in command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -33,9 +34,17 @@ def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> None
         time.sleep(0.02)
 
 
-def wait_until_training(process: subprocess.Popen) -> None:
-    """Until the `run ...` line: data loaded, checkpoint restored, the first step next."""
-    wait_for(lambda: process.stdout.readline().startswith("run "), process)
+def wait_until_resumed(process: subprocess.Popen, run_dir, resumes: int) -> None:
+    """Until the resumed process has recorded its start in provenance.json (the checkpoint is restored, the first
+    step is next): it is the `resumes`-th resume of the run."""
+
+    def recorded() -> bool:
+        try:
+            return len(json.loads((run_dir / "provenance.json").read_text()).get("resumes", [])) >= resumes
+        except (OSError, ValueError):  # not written yet
+            return False
+
+    wait_for(recorded, process)
 
 
 def checkpoint_position(path) -> tuple[int, int]:
@@ -79,15 +88,15 @@ def test_kill_9_at_several_points_then_resume_equals_uninterrupted(sample_dir, t
         lambda: (run_dir / "metrics.jsonl").exists() and len(read_metrics(run_dir)) >= 2,
     ]
     killed_at = []
-    for kill_point in kill_points:
+    for resumes, kill_point in enumerate(kill_points, start=1):
         wait_for(kill_point, process)
         time.sleep(rng.uniform(0, 0.8))
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL
         killed_at.append(checkpoint_position(run_dir / "last.ckpt"))
         process = start(project, "train", "--resume", run_dir, "--epochs", "3")
-        wait_until_training(process)
-    stdout, stderr = process.communicate(timeout=300)
+        wait_until_resumed(process, run_dir, resumes)
+    _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     print(f"last checkpoints (epoch, step) at the kills: {killed_at}")
     assert any(step for _, step in killed_at)  # at least one kill came mid-epoch
@@ -100,7 +109,7 @@ def test_stop_signal_writes_a_checkpoint_and_exits_cleanly(sample_dir, tmp_path,
     process = start(project, "train", "--data", sample_dir, "--out", tmp_path, *ARGS)
     wait_for(lambda: any(tmp_path.glob("*/last.ckpt")), process)  # step 4 of 27 in epoch 1
     process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     run_dir = single_run_dir(tmp_path)
     assert process.returncode == status, stderr
     assert "Traceback" not in stderr
@@ -119,7 +128,7 @@ def test_out_of_space_mid_training_keeps_the_previous_checkpoint(sample_dir, tmp
     run_dir = single_run_dir(tmp_path)
     size = (run_dir / "last.ckpt").stat().st_size
     resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (size // 2, size // 2))  # the next checkpoint cannot fit
-    stdout, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2, stderr
     (line,) = stderr.strip().splitlines()[-1:]
     assert line.startswith(f"error: cannot write checkpoint {run_dir / 'last.ckpt'} (File too large)"), stderr

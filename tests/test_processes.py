@@ -1,8 +1,14 @@
 """Every project as a user starts it, in real processes: the command line, its provenance, two processes on one
 machine launched the way its manifest says (torchrun, or the framework's own launcher), each project's profiler."""
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from helpers import DDP_ARGS, PROJECTS, REPO, SMALL, check_two_process_run, run, run_project, single_run_dir
@@ -44,3 +50,46 @@ def test_profiler_writes_its_report(project, flags, pattern, sample_dir, tmp_pat
 def test_help_lists_the_shared_and_the_project_flags(project):
     result = run(sys.executable, REPO / "projects" / project / "train.py", "train", "--help")
     assert "--checkpoint-every" in result.stdout and "--resume" in result.stdout
+
+
+def rank_one(launcher_pid: int) -> int:
+    """The process of local rank 1 among the launcher's descendants (torchrun's worker, or Lightning's child)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+
+    def local_rank_one(pid: int) -> bool:
+        with contextlib.suppress(OSError):
+            return b"LOCAL_RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return False
+
+    def descends(pid: int) -> bool:
+        while pid in parents and pid != launcher_pid:
+            pid = parents[pid]
+        return pid == launcher_pid
+
+    (pid,) = [pid for pid in parents if descends(pid) and local_rank_one(pid) and not local_rank_one(parents[pid])]
+    return pid
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_a_lost_peer_ends_the_run_with_one_line(project, sample_dir, tmp_path):
+    launch = manifest.load(project).launch(2, sys.executable)
+    args = ["--data", sample_dir, "--out", tmp_path, "--epochs", "3", "--checkpoint-every", "2", *SMALL]
+    process = subprocess.Popen(
+        [str(a) for a in [*launch, *args]], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(tmp_path.glob("*/last.ckpt")):
+            assert process.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
+            time.sleep(0.05)
+        os.kill(rank_one(process.pid), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert lines and lines[0].startswith("error: lost another training process (a node or rank stopped): "), stderr[-3000:]
+    assert f"continue from the last checkpoint with --resume {single_run_dir(tmp_path)}" in lines[0]
