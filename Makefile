@@ -35,8 +35,9 @@ REGISTRY ?=
 # A CA bundle for pip inside builds, for networks that intercept TLS (a build secret: never in a layer).
 PIP_CA ?=
 comma := ,
-CUDA_BASE ?= $(CUDA_IMAGE)
-NGC_BASE ?= $(NGC_IMAGE)
+# Each root base (CUDA_BASE, NGC_BASE) defaults to the digest-pinned `FROM ... AS root-base` of the image built on it
+root_base_of = $(shell sed -n 's/^FROM \([^ ]*\) AS root-base$$/\1/p' images/$(1)/Dockerfile)
+$(foreach image,$(IMAGES),$(if $(filter $(PARENT_$(image)),$(IMAGES)),,$(eval $(PARENT_$(image)) ?= $(call root_base_of,$(image)))))
 # The image an image is built FROM: its parent image's latest tag, or the root base's reference
 base_of = $(if $(filter $(PARENT_$(1)),$(IMAGES)),$(IMAGE_PREFIX)$(PARENT_$(1)):latest,$($(PARENT_$(1))))
 GIT_SHA := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
@@ -156,8 +157,8 @@ lock-images: $(VENV_STAMP) check-docker ## solve each image layer's lock inside 
 	@$(DOCKER) image inspect $(NGC_BASE) >/dev/null 2>&1 || $(DOCKER) pull $(NGC_BASE)
 	DOCKER=$(DOCKER) PIP_CA=$(PIP_CA) $(VENV_PY) scripts/lock_images.py --ngc-base $(NGC_BASE) --out $(IMAGES_DIR) $(LOCK_LAYERS)
 
-pin: check-docker ## re-resolve the base image tags in images/versions.env to digests (needs the registries)
-	DOCKER=$(DOCKER) scripts/pin.sh images/versions.env
+pin: check-docker ## re-resolve the root bases' tags (FROM ... AS root-base) to digests (needs the registries)
+	DOCKER=$(DOCKER) scripts/pin.sh $(wildcard images/*/Dockerfile)
 
 cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS) into build/cluster/
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, the registry the cluster pulls from (make push REGISTRY=... puts the images there)" >&2; exit 2; fi
