@@ -13,6 +13,8 @@ import pytest
 from engine import DOCKER, IMAGES, docker, image_id, make, make_settings
 from helpers import REPO, copy_repository, make_in_clone
 
+from eurosat import manifest
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -183,6 +185,7 @@ def test_a_tampered_hash_in_an_image_lock_fails_the_build(built_images, tmp_path
 
 def test_compose_files_validate(built_images):
     env = {**os.environ, "REPO_DIR": str(REPO), "DATA_DIR": str(REPO / "data"), "CACHE_DIR": str(REPO / ".cache")}
+    env["PROJECT"] = manifest.default_project()  # make passes these
     compose = str(REPO / ".venv" / "bin" / "compose-v2")  # the binary itself: its Python wrapper drops exit codes
     for files in (["compose/compose.yaml"], ["compose/compose.yaml", "compose/compose.gpu.yaml"]):
         flags = [flag for name in files for flag in ("-f", name)]
