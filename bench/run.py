@@ -473,7 +473,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sample-fraction", type=float, default=0.1, help="size of the synthetic sample")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
-    args.project = args.project or manifest.default_project()
+    args.project = manifest.load(args.project or manifest.default_project()).name  # a bad --project stops here, not after
     gpu = resolve_device(args.device).type == "cuda"
     args.model = args.model or ("tf_efficientnet_b5" if gpu else "resnet10t")
     args.batch_size = args.batch_size or (1024 if gpu else 64)

@@ -67,3 +67,10 @@ def test_bench_rejects_a_bad_seed_list(tmp_path):
     result = run(sys.executable, "bench/run.py", "--accuracy-seeds", "42,x", "--out", tmp_path, check=False)
     assert result.returncode == 2 and "--accuracy-seeds" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_an_unknown_project_stops_the_benchmark_before_it_starts(tmp_path):
+    result = run(sys.executable, "bench/run.py", "--project", "nope", "--out", tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error: unknown project 'nope'")
+    assert result.stdout == "" and not list(tmp_path.iterdir())  # nothing measured, nothing written
