@@ -61,7 +61,7 @@ VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
 .PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
-	new-project check-project check-docker images image-ngc lock-images pin push shell notebook execute down
+	new-project doctor check-project check-docker images image-ngc lock-images pin push shell notebook execute down
 
 help: ## list the targets
 	@echo "EuroSAT deep-learning monorepo. Projects: $(PROJECTS)"
@@ -83,6 +83,10 @@ new-project: ## write projects/NAME/ (manifest, train.py, README.md) as a copy o
 
 check-project:
 	@$(MANIFEST) check "$(PROJECT)"
+
+doctor: check-project ## check this host, Docker and PROJECT's image can train, on the GPUs if any (a table; exit 1: what blocks)
+	@$(call compose_env) RUNNER=$(RUNNER) IMAGE_PREFIX=$(IMAGE_PREFIX) VENV_PY=$(VENV_PY) CUDA_BASE=$(CUDA_BASE) NGC_BASE=$(NGC_BASE) \
+		$(PYTHON) src/eurosat/doctor.py
 
 train: check-project ## train PROJECT on DATA with ARGS="..." [RUNNER=docker|local] [GPUS=N]
 	@$(MAKE) train-$(RUNNER)

@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from eurosat.files import list_files
+from eurosat.gpu import resolve_device
 from eurosat.models import build_model
 from eurosat.split import stratified_split
-from eurosat.training import resolve_device, seed_everything
+from eurosat.training import seed_everything
 
 
 class BaselineDataset(Dataset):

@@ -32,10 +32,11 @@ from eurosat.cli import ArgumentParser, positive_int, run_cli
 from eurosat.datasets import BatchLoader, load_splits, resident_device, to_input
 from eurosat.errors import UserError
 from eurosat.files import list_files
+from eurosat.gpu import resolve_device
 from eurosat.models import build_model
 from eurosat.sample import MARKER as SAMPLE_MARKER
 from eurosat.sample import write_sample
-from eurosat.training import autocast_dtype, resolve_device, seed_everything
+from eurosat.training import autocast_dtype, seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_ACCURACY = 0.948  # the articles' validation accuracy after 3 epochs

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build local stand-ins for the registry base images, for machines that cannot pull them (CI has no registry).
-#   $STANDIN_CUDA (eurosat/standin-cuda:bookworm)  Debian bookworm, no Python: stands in for nvidia/cuda.
+#   $STANDIN_CUDA (eurosat/standin-cuda:bookworm)  Debian bookworm, no Python: stands in for nvidia/cuda
+#       (with its NVIDIA_VISIBLE_DEVICES=all, which every CUDA image sets).
 #   $STANDIN_NGC  (eurosat/standin-ngc:25.10)      stands in for nvcr.io/nvidia/pytorch:25.10-py3 as pip sees it:
 #       Python 3.12 and NGC's packages (scripts/standin/ngc-25.10.txt), /etc/pip/constraint.txt, PIP_CONSTRAINT.
 # The Dockerfiles and make targets stay the same; only BASE_IMAGE differs. Needs root, debootstrap and docker.
@@ -27,7 +28,8 @@ else
   debootstrap --variant=minbase --include="ca-certificates,passwd,$LIBS" bookworm "$rootfs" "$MIRROR" \
     >"$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log"; exit 1; }
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-  tar -C "$rootfs" -c . | "$DOCKER" import --change 'CMD ["bash"]' - "$STANDIN_CUDA" >/dev/null
+  # nvidia/cuda images set NVIDIA_VISIBLE_DEVICES=all (a request to the NVIDIA runtime, not a GPU): so does this
+  tar -C "$rootfs" -c . | "$DOCKER" import --change 'CMD ["bash"]' --change 'ENV NVIDIA_VISIBLE_DEVICES=all' - "$STANDIN_CUDA" >/dev/null
   rm -rf "$rootfs"
   echo "built $STANDIN_CUDA"
 fi

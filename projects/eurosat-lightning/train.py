@@ -21,9 +21,10 @@ from eurosat import lifecycle
 from eurosat.cache import prepare
 from eurosat.cli import positive_int
 from eurosat.datasets import BatchLoader, load_configured_splits, resident_device, to_input
+from eurosat.gpu import resolve_device
 from eurosat.lightning_run import trainer_settings
 from eurosat.models import build_model
-from eurosat.training import autocast_dtype, resolve_device
+from eurosat.training import autocast_dtype
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
 PRECISIONS = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed", None: "32-true"}
@@ -109,7 +110,9 @@ class EuroSATClassifier(pl.LightningModule):
 
 def fit(run: lifecycle.Run) -> None:
     config = run.config
-    device = resolve_device(config["device"])
+    # a forking strategy needs CUDA uninitialised in this process, so the GPUs' architectures go unchecked
+    forks = any(word in config["strategy"] for word in ("fork", "notebook"))
+    device = resolve_device(config["device"], inspect_gpus=not forks)
     datamodule = EuroSATDataModule(config)
     datamodule.prepare_data()
     datamodule.setup()

@@ -1,7 +1,8 @@
 # The stand-in for nvcr.io/nvidia/pytorch:25.10-py3, built by scripts/standin-bases.sh (no registry here).
 # What pip and Python see is NGC's: Python 3.12 as the system Python without the "externally managed" guard,
 # the packages of ngc-25.10.txt at NGC's versions, torch and torchvision as pre-release builds, CUDA libraries
-# that pip does not list, /etc/pip/constraint.txt listing every package, PIP_CONSTRAINT set, running as root.
+# that pip does not list, /etc/pip/constraint.txt listing every package, PIP_CONSTRAINT set, running as root,
+# NVIDIA_VISIBLE_DEVICES=all.
 # Context: a folder with python/ (a CPython 3.12 tree for /usr/local, or empty), cuda-base.lock and this folder.
 ARG BASE_IMAGE=eurosat/standin-cuda:bookworm
 FROM ${BASE_IMAGE}
@@ -31,5 +32,6 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca --m
     && python3 -m pip check \
     && python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)' \
     && rm /tmp/torch.txt /tmp/ngc.txt /tmp/relabel.txt
-ENV PIP_CONSTRAINT=/etc/pip/constraint.txt
+# NGC's environment as the code reads it: the NVIDIA runtime's request for every GPU, not evidence of one
+ENV PIP_CONSTRAINT=/etc/pip/constraint.txt NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
 CMD ["bash"]

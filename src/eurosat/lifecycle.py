@@ -26,6 +26,7 @@ from eurosat.cli import build_parser, parse_args, run_cli
 from eurosat.datasets import EuroSATSplits
 from eurosat.errors import UserError
 from eurosat.files import list_files
+from eurosat.gpu import resolve_device
 from eurosat.inference import evaluate_command, predict_command
 from eurosat.models import build_model, check_model_name
 from eurosat.runs import (
@@ -38,7 +39,7 @@ from eurosat.runs import (
     save_checkpoint,
     write_json,
 )
-from eurosat.training import resolve_device, restore_rng_state, rng_state
+from eurosat.training import restore_rng_state, rng_state
 
 RESUME_FLAGS = ("epochs", "device", "data_on")  # what a resume may change: how long and where, never what
 NOT_RECORDED = ("command", "resume")

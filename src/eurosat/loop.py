@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from eurosat.datasets import to_input
-from eurosat.training import resolve_device
+from eurosat.gpu import resolve_device
 
 SYNC_EVERY = 10  # steps between host syncs (progress bar, stop requests under DDP): each one waits for the device
 

@@ -1,4 +1,4 @@
-"""Small helpers both training loops use: device choice, seeding, RNG state for exact resumes."""
+"""Small helpers both training loops use: precision, seeding, RNG state for exact resumes."""
 
 from __future__ import annotations
 
@@ -8,16 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from eurosat.errors import UserError
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible; use --device cpu or auto")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -187,7 +187,8 @@ def test_compose_files_validate(built_images):
     env = {**os.environ, "REPO_DIR": str(REPO), "DATA_DIR": str(REPO / "data"), "CACHE_DIR": str(REPO / ".cache")}
     env["PROJECT"] = manifest.default_project()  # make passes these
     compose = str(REPO / ".venv" / "bin" / "compose-v2")  # the binary itself: its Python wrapper drops exit codes
-    for files in (["compose/compose.yaml"], ["compose/compose.yaml", "compose/compose.gpu.yaml"]):
+    gpu_files = [["compose/compose.yaml", f"compose/gpu.{how}.yaml"] for how in ("nvidia", "cdi")]
+    for files in (["compose/compose.yaml"], *gpu_files):
         flags = [flag for name in files for flag in ("-f", name)]
         result = subprocess.run(
             [compose, "--project-directory", ".", *flags, "config", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True

@@ -166,6 +166,47 @@ def test_a_scaffolded_project_trains_in_its_container(built_images, sample_dir, 
     assert provenance["container"]["image_id"] == image_id(manifest.load(PROJECTS[-1]).image)
 
 
+def test_make_doctor_checks_the_host_the_engine_and_inside_the_image(built_images):
+    result = make("doctor")
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:-1]}
+    assert "none on this host" in rows["GPUs"] and "training runs on the CPU" in rows["GPUs"]
+    for check in ("Docker", "Compose", "BuildKit", "Disk", "training", "torch.cuda", "/dev/shm", "memlock"):
+        assert rows[check].split()[1 if check not in ("Docker", "training") else 2] == "ok", rows[check]
+    assert f"eurosat/{manifest.load(manifest.default_project()).image}:latest" in rows["training"]
+    assert "CPU (no GPU here)" in rows["torch.cuda"] and "8.0 GB" in rows["/dev/shm"]  # compose's shm_size
+    assert result.stdout.splitlines()[-1] == "make doctor: nothing blocks `make train`"
+
+
+def test_a_container_meant_to_see_the_hosts_gpus_stops_instead_of_training_on_the_cpu(built_images, sample_dir):
+    """NGC's NVIDIA_VISIBLE_DEVICES=all (the stand-in sets it too) alone means nothing; the host's GPUs do."""
+    project = manifest.default_project()
+    image = f"eurosat/{manifest.load(project).image}:latest"
+    assert "NVIDIA_VISIBLE_DEVICES=all" in docker("run", "--rm", image, "env").stdout
+    command = [
+        "python3",
+        f"/workspace/projects/{project}/train.py",
+        "train",
+        "--data",
+        "/data",
+        "--out",
+        "/tmp/runs",
+        "--epochs",
+        "1",
+        *SMALL,
+    ]
+    mounts = ["-v", f"{REPO}:/workspace:ro", "-v", f"{sample_dir}:/data:ro", "-e", "PYTHONPATH=/workspace/src"]
+    mounts += ["--user", f"{os.getuid()}:{os.getgid()}", "-w", "/tmp"]  # as compose runs it: the host user
+    result = docker("run", "--rm", *mounts, "-e", "EUROSAT_HOST_GPUS=1", image, *command, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --device auto: NVIDIA GPUs are here (the host's 1 NVIDIA GPU) but torch cannot use them: this container "
+        "was started without them (the engine has neither the nvidia runtime nor CDI); run `make doctor` to see why, or "
+        "pass --device cpu to train on the CPU anyway"
+    ]
+    result = docker("run", "--rm", *mounts, "-e", "EUROSAT_HOST_GPUS=1", image, *command, "--device", "cpu")
+    assert "Epoch 1/1 loss" in result.stdout
+
+
 def test_notebook_trains_inside_the_jupyter_image(built_images, sample_dir):
     make("execute", "NOTEBOOK=notebooks/train.ipynb", f"DATA={sample_dir}", timeout=900)
     newest = max((REPO / "runs" / "notebook").iterdir(), key=lambda p: p.stat().st_mtime)
