@@ -32,6 +32,8 @@ IMAGES_DIR ?= images
 # The layers `make lock-images` solves, in build order
 LOCK_LAYERS ?= $(IMAGES)
 REGISTRY ?=
+# What `make push` pushed: "<registry>/<image>:<git sha> <registry>/<image>@sha256:..." lines; cluster files pin by it
+PUSHED ?= build/pushed-images.txt
 # A CA bundle for pip inside builds, for networks that intercept TLS (a build secret: never in a layer).
 PIP_CA ?=
 comma := ,
@@ -61,7 +63,8 @@ VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
 .PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
-	new-project doctor check-project check-docker images image-ngc lock-images pin push shell notebook execute down
+	new-project doctor check-project check-docker images image-ngc lock-images pin push shell notebook execute down \
+	slurm-up slurm-shell slurm-down
 
 help: ## list the targets
 	@echo "EuroSAT deep-learning monorepo. Projects: $(PROJECTS)"
@@ -167,12 +170,26 @@ pin: check-docker ## re-resolve the root bases' tags (FROM ... AS root-base) to 
 cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS) into build/cluster/
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, the registry the cluster pulls from (make push REGISTRY=... puts the images there)" >&2; exit 2; fi
 	$(VENV_PY) scripts/cluster/render.py --project $(PROJECT) --nodes $(NODES) --gpus $(or $(GPUS),1) \
-		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --args "$(ARGS)"
+		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args "$(ARGS)"
 
-push: check-docker ## push every image tag to REGISTRY=host/namespace
+slurm-up: check-project check-docker $(COMPOSE_DEP) ## start a Slurm cluster in containers (a controller, two compute nodes) on PROJECT's image
+	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
+	@$(call compose_env) scripts/slurm.sh up
+
+slurm-shell: check-docker $(COMPOSE_DEP) ## a shell on the Slurm cluster's controller, as you, in this checkout (CMD="sbatch ..." runs one command)
+	@$(call compose_env) scripts/slurm.sh exec $(or $(CMD),bash)
+
+slurm-down: $(COMPOSE_DEP) ## stop and remove the Slurm cluster
+	@$(call compose_env) scripts/slurm.sh down
+
+push: check-docker ## push every image tag to REGISTRY=host/namespace; records each digest in build/pushed-images.txt
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, e.g. make push REGISTRY=ghcr.io/you" >&2; exit 2; fi
+	@mkdir -p $(dir $(PUSHED))
 	@for image in $(IMAGES); do for tag in $(GIT_SHA) latest; do \
-		$(DOCKER) tag $(IMAGE_PREFIX)$$image:$$tag $(REGISTRY)/$$image:$$tag && $(DOCKER) push $(REGISTRY)/$$image:$$tag; done; done
+		$(DOCKER) tag $(IMAGE_PREFIX)$$image:$$tag $(REGISTRY)/$$image:$$tag && $(DOCKER) push $(REGISTRY)/$$image:$$tag; done; \
+		digest=$$($(DOCKER) image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' $(REGISTRY)/$$image:$(GIT_SHA) \
+			| grep -m1 "^$(REGISTRY)/$$image@"); \
+		echo "$(REGISTRY)/$$image:$(GIT_SHA) $$digest" >>$(PUSHED) && echo "recorded $$digest in $(PUSHED)"; done
 
 shell: check-docker ## open a shell in IMAGE (default jupyter) with the repository mounted
 	$(DOCKER) run --rm -it --user $(HOST_UID):$(HOST_GID) -v $(CURDIR):/workspace -w /workspace \

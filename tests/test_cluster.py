@@ -2,6 +2,7 @@
 OpenAPI-generated kubeflow-training and kubernetes clients: no unknown field, the right types, required fields
 present); the Slurm script passes bash -n and shellcheck. Both launch the same train.py with the same flags."""
 
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -16,6 +17,7 @@ from kubeflow.training import models as kubeflow_models
 from eurosat import manifest
 
 REGISTRY = "registry.example.org/team"
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 def schema_problems(value, type_name: str, where: str = "") -> list[str]:
@@ -80,8 +82,10 @@ def test_rendered_cluster_files_are_valid_and_launch_the_same_training(project, 
     assert f"IMAGE={container['image']}" in text  # the same image
     train_line = next(line for line in text.splitlines() if f"projects/{project}/train.py" in line)
     slurm_train = shlex.split(train_line)
+    assert slurm_train[2:4] == ["--data", "$data"] and slurm_train[-1] == "$@"  # /data in a container; sbatch's args
+    slurm_train = [*slurm_train[:3], "/data", *slurm_train[4:-1]]
     assert slurm_train == k8s_launch[k8s_launch.index(f"projects/{project}/train.py") :]  # the same script and flags
-    assert slurm_train[2:4] == ["--data", "/data"] and slurm_train[4:] == [*layout, "--epochs", "3", "--batch-size", "1024"]
+    assert slurm_train[4:] == [*layout, "--epochs", "3", "--batch-size", "1024"]
 
 
 def test_the_schema_check_catches_a_broken_manifest():
@@ -100,3 +104,91 @@ def test_the_schema_check_catches_a_broken_manifest():
 def test_cluster_files_need_a_registry():
     result = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", check=False)
     assert result.returncode == 2 and "error: set REGISTRY" in result.stderr
+
+
+def renderer():
+    spec = importlib.util.spec_from_file_location("render", REPO / "scripts" / "cluster" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Enroot's image grammar before 4.0 (its docs: docker://[USER@][REGISTRY#]IMAGE[:TAG]); 4.x reads these forms the
+# same way. Either asks the registry for https://REGISTRY/v2/IMAGE/manifests/TAG (TAG may be a digest).
+ENROOT_3 = re.compile(r"(?:(?P<registry>[^#]+)#)?(?P<image>[a-z0-9/._-]+)(?::(?P<tag>[A-Za-z0-9._:-]+))?")
+
+
+def enroot_manifest_url(reference: str) -> str:
+    parts = ENROOT_3.fullmatch(reference)
+    assert parts, f"enroot cannot read {reference}"
+    registry = parts["registry"] or "registry-1.docker.io"
+    image = parts["image"] if "/" in parts["image"] or parts["registry"] else f"library/{parts['image']}"
+    return f"https://{registry}/v2/{image}/manifests/{parts['tag'] or 'latest'}"
+
+
+@pytest.mark.parametrize(
+    ("docker_reference", "pyxis_reference", "manifest_url"),
+    [
+        ("registry.example.org/team/torch-ngc:1a2b3c4", "registry.example.org#team/torch-ngc:1a2b3c4",
+         "https://registry.example.org/v2/team/torch-ngc/manifests/1a2b3c4"),
+        ("registry.example.org:5000/team/lightning:latest", "registry.example.org:5000#team/lightning:latest",
+         "https://registry.example.org:5000/v2/team/lightning/manifests/latest"),
+        ("ghcr.io/org/group/sub/torch-ngc:v1.0", "ghcr.io#org/group/sub/torch-ngc:v1.0",
+         "https://ghcr.io/v2/org/group/sub/torch-ngc/manifests/v1.0"),
+        (f"registry.example.org:5000/team/torch-ngc@{DIGEST}", f"registry.example.org:5000#team/torch-ngc:{DIGEST}",
+         f"https://registry.example.org:5000/v2/team/torch-ngc/manifests/{DIGEST}"),
+        (f"registry.example.org/a/b/torch-ngc:1a2b3c4@{DIGEST}", f"registry.example.org#a/b/torch-ngc:{DIGEST}",
+         f"https://registry.example.org/v2/a/b/torch-ngc/manifests/{DIGEST}"),
+        ("localhost:5000/torch-ngc", "localhost:5000#torch-ngc", "https://localhost:5000/v2/torch-ngc/manifests/latest"),
+        ("nvcr.io/nvidia/pytorch:25.10-py3", "nvcr.io#nvidia/pytorch:25.10-py3",
+         "https://nvcr.io/v2/nvidia/pytorch/manifests/25.10-py3"),
+        ("team/torch-ngc:1a2b3c4", "team/torch-ngc:1a2b3c4",  # Docker Hub: no registry to name
+         "https://registry-1.docker.io/v2/team/torch-ngc/manifests/1a2b3c4"),
+    ],
+)  # fmt: skip
+def test_the_pyxis_image_reference_names_the_registry_the_way_every_enroot_reads_it(
+    docker_reference, pyxis_reference, manifest_url
+):
+    assert renderer().enroot_reference(docker_reference) == pyxis_reference
+    assert enroot_manifest_url(pyxis_reference) == manifest_url
+
+
+def test_the_docker_form_is_what_enroot_3_misreads():
+    """Why the renderer rewrites the reference: enroot 3 takes the registry for a Docker Hub namespace."""
+    assert enroot_manifest_url("registry.example.org/team/torch-ngc:1a2b3c4") == (
+        "https://registry-1.docker.io/v2/registry.example.org/team/torch-ngc/manifests/1a2b3c4"
+    )
+
+
+def test_the_rendered_script_hands_pyxis_the_enroot_form():
+    text = (render(PROJECTS[0], 2, 1, "") / "slurm.sbatch").read_text()
+    image = manifest.load(PROJECTS[0]).image
+    assert re.search(rf"^ENROOT_IMAGE='?registry\.example\.org#team/{image}:[0-9a-f]+'?$", text, re.M), text
+    assert '--container-image="$ENROOT_IMAGE"' in text and '"docker://$IMAGE"' in text  # Apptainer: Docker's form
+
+
+def test_cluster_files_pin_the_image_by_the_digest_make_push_recorded(tmp_path):
+    image = manifest.load(PROJECTS[0]).image
+    sha = run("git", "rev-parse", "--short", "HEAD").stdout.strip()
+    pushed = tmp_path / "pushed-images.txt"
+    pushed.write_text(
+        f"{REGISTRY}/{image}:{sha} {REGISTRY}/{image}@sha256:{'f' * 64}\n{REGISTRY}/{image}:{sha} {REGISTRY}/{image}@{DIGEST}\n"
+    )  # pushed again: the last one counts
+    result = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", f"REGISTRY={REGISTRY}", f"PUSHED={pushed}")
+    assert f"image {REGISTRY}/{image}@{DIGEST}: pinned by digest" in result.stdout
+    out = REPO / "build" / "cluster" / f"{PROJECTS[0]}-2x1"
+    assert f"ENROOT_IMAGE='registry.example.org#team/{image}:{DIGEST}'" in (out / "slurm.sbatch").read_text()
+    job = yaml.safe_load((out / "pytorchjob.yaml").read_text())
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == (
+        f"{REGISTRY}/{image}@{DIGEST}"
+    )
+    unpinned = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", f"REGISTRY={REGISTRY}",
+                   f"PUSHED={tmp_path / 'none.txt'}")  # fmt: skip
+    assert f"image {REGISTRY}/{image}:{sha}: pinned by tag" in unpinned.stdout
+
+
+def test_a_registry_no_runtime_can_read_is_one_line():
+    result = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", "REGISTRY=https://Registry.example.org",
+                 check=False)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: --image https://Registry.example.org/" in result.stderr and "not an image reference" in result.stderr

@@ -4,11 +4,13 @@
 
 Both run the same image and the same train.py with the same flags under torchrun: Slurm meets the nodes
 with the c10d rendezvous at the first node, Kubernetes with the master address the training operator sets.
+An image that `make push` recorded (--pushed) is pinned by its digest.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import string
 from pathlib import Path
@@ -17,9 +19,51 @@ import yaml
 
 from eurosat import manifest
 from eurosat.cli import ArgumentParser, positive_int, run_cli
+from eurosat.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+
+
+# Docker's reference grammar, as far as a registry path goes: [HOST[:PORT]/]PATH[:TAG][@sha256:HEX]
+REFERENCE = re.compile(
+    r"(?:(?P<host>[a-zA-Z0-9.-]+(?::[0-9]+)?|localhost)/(?=.))?"
+    r"(?P<path>[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
+
+
+def parse_reference(image: str) -> dict:
+    """The parts of a Docker image reference; the first component is a registry when it has a dot or a port
+    (or is localhost), else the reference is a Docker Hub path."""
+    match = REFERENCE.fullmatch(image)
+    if not match:
+        raise UserError(f"--image {image}: not an image reference (registry.example.org[:port]/team/name:tag)")
+    parts = match.groupdict()
+    host = parts["host"]
+    if host and not ("." in host or ":" in host or host == "localhost"):  # a Docker Hub namespace
+        parts["host"], parts["path"] = None, f"{host}/{parts['path']}"
+    return parts
+
+
+def enroot_reference(image: str) -> str:
+    """The image as pyxis's --container-image names it for every enroot: REGISTRY#PATH[:TAG].
+
+    Enroot before 4.0 reads registry.example.org/team/name as a Docker Hub path; the `#` after the registry
+    is read the same way before and after 4.0. A digest takes the tag's place (PATH:sha256:HEX): enroot 3
+    has no `@` in its grammar but asks the registry for /v2/PATH/manifests/<tag>, which takes a digest too.
+    """
+    parts = parse_reference(image)
+    reference = parts["digest"] or parts["tag"]
+    return (f"{parts['host']}#" if parts["host"] else "") + parts["path"] + (f":{reference}" if reference else "")
+
+
+def pinned_image(image: str, pushed: Path | None) -> str:
+    """`image` by the digest `make push` recorded for it (its last line in `pushed`), else as given."""
+    if pushed is None or not pushed.is_file():
+        return image
+    digests = dict(line.split() for line in pushed.read_text().splitlines() if len(line.split()) == 2)
+    return digests.get(image, image)
 
 
 def train_arguments(project: str, nodes: int, gpus: int, extra: str) -> list[str]:
@@ -35,6 +79,7 @@ def slurm_script(args, train_args: list[str], name: str) -> str:
         NODES=args.nodes,
         GPUS=args.gpus,
         IMAGE=shlex.quote(args.image),
+        ENROOT_IMAGE=shlex.quote(enroot_reference(args.image)),
         JOB_NAME=args.job_name,
         CPUS_PER_NODE=args.cpus_per_node,
         TIME_LIMIT=args.time_limit,
@@ -98,6 +143,7 @@ def main(argv=None) -> None:
     parser.add_argument("--nodes", type=positive_int, default=1)
     parser.add_argument("--gpus", type=positive_int, default=1, help="GPUs per node")
     parser.add_argument("--image", required=True, help="the image in a registry the cluster can pull from")
+    parser.add_argument("--pushed", type=Path, help="`make push`'s record of digests (build/pushed-images.txt)")
     parser.add_argument("--args", default="", help="training flags, as one string")
     parser.add_argument("--job-name", help="default: PROJECT")
     parser.add_argument("--cpus-per-node", type=positive_int, default=16)
@@ -108,6 +154,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "build" / "cluster")
     args = parser.parse_args(argv)
     manifest.load(args.project)
+    args.image = pinned_image(args.image, args.pushed)
+    enroot_reference(args.image)  # a reference no runtime can read is one line before anything is written
     args.job_name = args.job_name or args.project
     train_args = train_arguments(args.project, args.nodes, args.gpus, args.args)
     out = args.out / f"{args.project}-{args.nodes}x{args.gpus}"
@@ -116,6 +164,8 @@ def main(argv=None) -> None:
     slurm.write_text(slurm_script(args, train_args, slurm))
     slurm.chmod(0o755)
     job.write_text(yaml.safe_dump(pytorchjob(args, train_args), sort_keys=False))
+    pinned = "by digest" if "@sha256:" in args.image else "by tag (no digest recorded by `make push` for it)"
+    print(f"image {args.image}: pinned {pinned}")
     print(f"wrote {slurm} (sbatch {slurm}) and {job} (kubectl apply -f {job})")
 
 

@@ -67,7 +67,9 @@ class Stopped(Exception):
 
 class StopRequest:
     """SIGINT (Ctrl-C) and SIGTERM (docker stop, Slurm, Kubernetes) ask training to stop at the next step, after
-    a checkpoint; a second signal aborts at once."""
+    a checkpoint; Ctrl-C again aborts at once. SIGTERM again changes nothing: Slurm signals every process of a
+    job step and torchrun passes the signal on to its workers, so each rank gets it twice (SIGKILL follows
+    after the scheduler's grace time anyway)."""
 
     def __init__(self):
         self.signum = None
@@ -85,7 +87,9 @@ class StopRequest:
 
     def handle(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
         if os.environ.get("RANK", "0") == "0":
             print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint", file=sys.stderr, flush=True)
@@ -204,10 +208,11 @@ class Run:
                 save_checkpoint({**state, **self.state()}, self.directory / "best.ckpt")
 
     def stopped(self, where: str) -> Stopped:
+        """(Every rank stops; only the main one, which knows the directory, prints the message.)"""
         name = signal.Signals(self.stop.signum).name
+        directory = self.directory or Path("runs/<project>/<run-id>")
         return Stopped(
-            f"stopped by {name} at {where}: checkpoint {self.directory / 'last.ckpt'} written; "
-            f"continue with --resume {self.directory}",
+            f"stopped by {name} at {where}: checkpoint {directory / 'last.ckpt'} written; continue with --resume {directory}",
             self.stop.signum,
         )
 

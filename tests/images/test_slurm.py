@@ -1,0 +1,144 @@
+"""make slurm-up: a real Slurm cluster (Debian's slurmctld, slurmd and munge) in three containers on the lightning
+image runs the script `make cluster-files` renders, unchanged, with CONTAINER_RUNTIME=none: sbatch from the
+controller, torchrun's c10d rendezvous at the first node of the allocation, gloo between the nodes.
+
+The cluster works on a copy of the repository (its shared storage), so runs and job output stay out of this one."""
+
+import json
+import re
+import shlex
+import time
+
+import pytest
+from engine import docker, make_settings
+from helpers import PROJECTS, copy_repository, make_in_clone, read_metrics, run_project, single_run_dir, without_timings
+
+# 432 training images at a global batch of 16 (8 per node); a checkpoint every 4 steps, to stop mid-epoch.
+ARGS = "--device cpu --epochs 2 --model resnet10t --batch-size 16 --deterministic --checkpoint-every 4"
+TOLERANCE = 0.05  # final val_acc: only BatchNorm differs from one process (it sees 8 images, not 16)
+
+
+@pytest.fixture(scope="module")
+def cluster(built_images, sample_dir, tmp_path_factory):
+    """A copy of the repository with the cluster up on it (the lightning image: it carries torch-ngc's packages
+    too, so one cluster runs both projects), and the job scripts of both projects rendered for 2 nodes x 1 GPU."""
+    repo = copy_repository(tmp_path_factory.mktemp("slurm") / "repo")
+    started = time.monotonic()
+    result = make_in(repo, "slurm-up", "PROJECT=eurosat-lightning", f"DATA={sample_dir}")
+    print(f"\nmake slurm-up: {time.monotonic() - started:.0f} s; {result.stdout.strip().splitlines()[-1]}")
+    for project in PROJECTS:
+        make_in(repo, "cluster-files", f"PROJECT={project}", "NODES=2", "REGISTRY=registry.example.org/team",
+                f"ARGS={ARGS} --out runs/slurm/{project}")  # fmt: skip
+    yield repo
+    make_in(repo, "slurm-down", check=False)
+
+
+def make_in(repo, *args, check=True):
+    return make_in_clone(repo, *args, *make_settings(), check=check, timeout=900)
+
+
+def on_controller(repo, *command, check=True):
+    """A command on the controller, as the host user, in the shared checkout (what a user types after ssh)."""
+    return make_in(repo, "slurm-shell", f"CMD={shlex.join(command)}", check=check)
+
+
+def submit(repo, project, *train_flags, wait=True):
+    """sbatch the rendered script (CONTAINER_RUNTIME=none: the nodes carry the image); returns the job id."""
+    script = f"build/cluster/{project}-2x1/slurm.sbatch"
+    result = on_controller(repo, "env", "CONTAINER_RUNTIME=none", "sbatch", *(["--wait"] if wait else []), script,
+                           *train_flags, check=False)  # fmt: skip
+    job = re.search(r"Submitted batch job (\d+)", result.stdout)
+    assert job, result.stdout + result.stderr
+    return job[1], result.returncode
+
+
+def job_state(repo, job: str) -> str:
+    line = on_controller(repo, "scontrol", "--oneliner", "show", "job", job).stdout
+    return re.search(r"JobState=(\S+)", line)[1]
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(2)
+
+
+def job_output(repo, project, job) -> str:
+    return (repo / f"{project}-{job}.out").read_text()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster):
+    """project -> its run directory of a whole two-node job."""
+    runs = {}
+    for project in PROJECTS:
+        started = time.monotonic()
+        job, status = submit(cluster, project)
+        print(f"{project}: two-node job {job} took {time.monotonic() - started:.0f} s (sbatch --wait)")
+        assert status == 0, job_output(cluster, project, job)[-3000:]
+        runs[project] = single_run_dir(cluster / "runs" / "slurm" / project)
+    return runs
+
+
+def test_the_cluster_has_two_idle_nodes_with_the_projects_environment(cluster):
+    nodes = on_controller(cluster, "sinfo", "--noheader", "--Node", "--format", "%N %t %c %G").stdout.split("\n")
+    assert sorted(filter(None, nodes)) == ["node1 idle 16 gpu:1", "node2 idle 16 gpu:1"]
+    version = on_controller(cluster, "srun", "--nodes=2", "python3", "-c", "import lightning, timm; print('ok')")
+    assert version.stdout.split() == ["ok", "ok"]  # each node ran it in the image's environment
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_the_rendered_script_trains_on_two_nodes_like_one_process(cluster, uninterrupted, sample_dir, project, tmp_path):
+    run_dir = uninterrupted[project]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["world_size"] == 2
+    nodes = read_metrics(run_dir)
+    assert [r["epoch"] for r in nodes] == [1, 2] and (run_dir / "last.ckpt").is_file()
+    assert (run_dir / "last.ckpt").stat().st_uid == cluster.stat().st_uid  # written as the submitting user
+
+    run_project(project, "train", "--data", sample_dir, "--out", tmp_path, *ARGS.split())
+    single = read_metrics(single_run_dir(tmp_path))
+    print(f"\n{project} two Slurm nodes: {nodes}\none process: {single}")
+    assert [r["val_samples"] for r in nodes] == [r["val_samples"] for r in single] == [108, 108]
+    assert nodes[-1]["val_acc"] >= 0.9 and single[-1]["val_acc"] >= 0.9
+    assert abs(nodes[-1]["val_acc"] - single[-1]["val_acc"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_sigterm_to_the_batch_shell_checkpoints_and_a_resubmission_finishes_the_same_run(cluster, uninterrupted, project):
+    out = cluster / "runs" / "slurm" / f"{project}-preempted"
+    job, _ = submit(cluster, project, "--out", f"runs/slurm/{project}-preempted", wait=False)
+    wait_until(lambda: any(out.glob("*/last.ckpt")), 300, "the first checkpoint")
+    on_controller(cluster, "scancel", "--signal=TERM", "--batch", job)  # as preemption does: the batch shell only
+    wait_until(lambda: job_state(cluster, job) not in ("PENDING", "RUNNING", "COMPLETING"), 120, "the job to end")
+    output = job_output(cluster, project, job)
+    run_dir = single_run_dir(out)
+    (stopped,) = [line for line in output.splitlines() if line.startswith("stopped by SIGTERM at epoch ")]
+    assert stopped.endswith(f"continue with --resume {run_dir.relative_to(cluster)}")
+    assert "[rank" not in output  # no rank failed on the way (torchrun's own exit, a SignalException, is its own)
+    assert len(read_metrics(run_dir)) < 2  # stopped before the end
+
+    resumed, status = submit(cluster, project, "--resume", str(run_dir.relative_to(cluster)))
+    assert status == 0, job_output(cluster, project, resumed)[-3000:]
+    assert without_timings(read_metrics(run_dir)) == without_timings(read_metrics(uninterrupted[project]))
+
+
+def test_a_killed_node_ends_the_job_with_one_line_in_bounded_time(cluster, uninterrupted):
+    project = PROJECTS[0]
+    out = cluster / "runs" / "slurm" / f"{project}-node-lost"
+    job, _ = submit(cluster, project, "--out", f"runs/slurm/{project}-node-lost", "--epochs", "50", wait=False)
+    wait_until(lambda: any(out.glob("*/metrics.jsonl")), 300, "the first epoch")
+    (node2,) = docker("ps", "--quiet", "--filter", "label=com.docker.compose.project=eurosat-slurm",
+                      "--filter", "label=com.docker.compose.service=node2").stdout.split()  # fmt: skip
+    docker("kill", node2)
+    killed = time.monotonic()
+    wait_until(lambda: job_state(cluster, job) not in ("PENDING", "RUNNING"), 180, "the job to end")
+    seconds = time.monotonic() - killed
+    docker("start", node2)  # it rejoins (ReturnToService=2)
+    output = job_output(cluster, project, job)
+    print(f"\nthe job ended {seconds:.0f} s after node2 was killed, as {job_state(cluster, job)}")
+    assert "error: lost another training process (a node or rank stopped): " in output, output[-3000:]
+    assert seconds < 120
+    wait_until(lambda: "node2 idle" in on_controller(cluster, "sinfo", "-N", "-h", "-o", "%N %t").stdout, 120,
+               "node2 to rejoin")  # fmt: skip
