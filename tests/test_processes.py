@@ -52,12 +52,23 @@ def test_help_lists_the_shared_and_the_project_flags(project):
     assert "--checkpoint-every" in result.stdout and "--resume" in result.stdout
 
 
-def rank_one(launcher_pid: int) -> int:
-    """The process of local rank 1 among the launcher's descendants (torchrun's worker, or Lightning's child)."""
+def parent_pids() -> dict[int, int]:
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
             parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def descendants(launcher_pid: int) -> list[int]:
+    parents = parent_pids()
+    children = [pid for pid, parent in parents.items() if parent == launcher_pid]
+    return [pid for child in children for pid in (child, *descendants(child))]
+
+
+def rank_one(launcher_pid: int) -> int:
+    """The process of local rank 1 among the launcher's descendants (torchrun's worker, or Lightning's child)."""
+    parents = parent_pids()
 
     def local_rank_one(pid: int) -> bool:
         with contextlib.suppress(OSError):
@@ -93,3 +104,32 @@ def test_a_lost_peer_ends_the_run_with_one_line(project, sample_dir, tmp_path):
     lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert lines and lines[0].startswith("error: lost another training process (a node or rank stopped): "), stderr[-3000:]
     assert f"continue from the last checkpoint with --resume {single_run_dir(tmp_path)}" in lines[0]
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_sigterm_to_every_process_stops_every_rank_at_one_checkpoint(project, sample_dir, tmp_path):
+    """What Slurm does (scancel --signal=TERM, --signal=TERM@N): every process of the job step gets SIGTERM, the
+    launcher included, and torchrun then passes it on to its workers a second time."""
+    launch = manifest.load(project).launch(2, sys.executable)
+    args = ["--data", sample_dir, "--out", tmp_path, "--epochs", "3", "--checkpoint-every", "2", *SMALL]
+    process = subprocess.Popen(
+        [str(a) for a in [*launch, *args]], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(tmp_path.glob("*/last.ckpt")):
+            assert process.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
+            time.sleep(0.05)
+        for pid in [process.pid, *descendants(process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    run_dir = single_run_dir(tmp_path)
+    assert process.returncode != 0
+    (stopped,) = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM at epoch ")]
+    assert stopped.endswith(f"continue with --resume {run_dir}"), stderr[-3000:]
+    assert "[rank" not in stderr and "Error" not in stderr, stderr[-3000:]  # no rank failed on its way out
+    resumed = run(*launch, "--resume", run_dir, "--epochs", "1")  # the checkpoint resumes, as the same two processes
+    assert "Epoch 1/1 loss " in resumed.stdout
