@@ -44,6 +44,10 @@ class RunCallback(pl.Callback):
         self.run.stop.install()  # Lightning installed its own SIGTERM handler when fit started
         precision = trainer.precision
         self.run.begin(trainer.datamodule.data, module.device, trainer.world_size, trainer.is_global_zero, precision)
+        if not trainer.is_global_zero:  # a mid-epoch checkpoint's running totals are every rank's (see save): count once
+            for metric in module.modules():
+                if isinstance(metric, Metric):
+                    metric.reset()
         self.start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, module):  # not called when resuming mid-epoch: the loader keeps its position
@@ -56,10 +60,18 @@ class RunCallback(pl.Callback):
     def on_validation_epoch_start(self, trainer, module):
         self.train_seconds = time.perf_counter() - self.start
 
-    def save(self, trainer, best: bool = False) -> None:
-        trainer.save_checkpoint(self.folder / "last.ckpt")
-        if best:
-            trainer.save_checkpoint(self.folder / "best.ckpt")
+    def save(self, trainer, module, best: bool = False, mid_epoch: bool = False) -> None:
+        # Mid-epoch, rank 0's checkpoint holds the epoch's running totals summed over every rank, not its own only
+        metrics = [m for m in module.modules() if isinstance(m, Metric)] if mid_epoch and trainer.world_size > 1 else []
+        for metric in metrics:
+            metric.sync()
+        try:
+            trainer.save_checkpoint(self.folder / "last.ckpt")
+            if best:
+                trainer.save_checkpoint(self.folder / "best.ckpt")
+        finally:
+            for metric in metrics:
+                metric.unsync()
         trainer.strategy.barrier()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -69,7 +81,7 @@ class RunCallback(pl.Callback):
         every = self.run.config.get("checkpoint_every")
         stopping = self.run.stop.agreed(trainer.world_size, module.device, step)
         if stopping or (every and step % every == 0 and step < len(loader)):
-            self.save(trainer)
+            self.save(trainer, module, mid_epoch=True)
         if stopping:
             raise self.run.stopped(f"epoch {trainer.current_epoch + 1} step {step}/{len(loader)}")
 
@@ -85,7 +97,7 @@ class RunCallback(pl.Callback):
             "images_per_s": trainer.train_dataloader.samples * trainer.world_size / self.train_seconds,
             "seconds": time.perf_counter() - self.start,
         }
-        self.save(trainer, best=self.run.end_epoch(record))
+        self.save(trainer, module, best=self.run.end_epoch(record))
         if self.run.stop.agreed(trainer.world_size, module.device, 0) and trainer.current_epoch + 1 < trainer.max_epochs:
             raise self.run.stopped(f"the end of epoch {trainer.current_epoch + 1}")
 

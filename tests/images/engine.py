@@ -1,6 +1,7 @@
 """Helpers for the tests against a real Docker engine (make test-images)."""
 
 import os
+import socket
 import subprocess
 import time
 
@@ -20,6 +21,12 @@ def parent_image(image: str) -> str:
     """The image `image` is built FROM on this machine."""
     parent = HIERARCHY.parents[image]
     return f"eurosat/{parent}:latest" if parent in IMAGES else STANDINS[parent]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def make_settings() -> list[str]:

@@ -10,16 +10,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-from engine import DOCKER, IMAGES, docker, image_id, make, make_settings
+from engine import DOCKER, IMAGES, docker, free_port, image_id, make, make_settings
 from helpers import REPO, copy_repository, make_in_clone
 
 from eurosat import manifest
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def status(url: str) -> int:

@@ -84,8 +84,8 @@ def uninterrupted(cluster):
 def test_the_cluster_has_two_idle_nodes_with_the_projects_environment(cluster):
     nodes = on_controller(cluster, "sinfo", "--noheader", "--Node", "--format", "%N %t %c %G").stdout.split("\n")
     assert sorted(filter(None, nodes)) == ["node1 idle 16 gpu:1", "node2 idle 16 gpu:1"]
-    version = on_controller(cluster, "srun", "--nodes=2", "python3", "-c", "import lightning, timm; print('ok')")
-    assert version.stdout.split() == ["ok", "ok"]  # each node ran it in the image's environment
+    imported = on_controller(cluster, "srun", "--nodes=2", "python3", "-c", "import pytorch_lightning, timm; print('ok')")
+    assert imported.stdout.split() == ["ok", "ok"]  # each node ran it in the image's environment
 
 
 @pytest.mark.parametrize("project", PROJECTS)
@@ -121,7 +121,8 @@ def test_sigterm_to_the_batch_shell_checkpoints_and_a_resubmission_finishes_the_
 
     resumed, status = submit(cluster, project, "--resume", str(run_dir.relative_to(cluster)))
     assert status == 0, job_output(cluster, project, resumed)[-3000:]
-    assert without_timings(read_metrics(run_dir)) == without_timings(read_metrics(uninterrupted[project]))
+    whole = without_timings(read_metrics(uninterrupted[project]))  # equal up to float32 summation order
+    assert without_timings(read_metrics(run_dir)) == [pytest.approx(record, rel=1e-6) for record in whole]
 
 
 def test_a_killed_node_ends_the_job_with_one_line_in_bounded_time(cluster, uninterrupted):

@@ -1,0 +1,87 @@
+"""make push against a real registry (Debian's docker-registry, the CNCF distribution server, on loopback):
+each image's digest is recorded as the registry serves it, and make cluster-files pins the image by it."""
+
+import io
+import shutil
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from engine import DOCKER, IMAGES, docker, free_port, make
+from helpers import REPO, run
+
+from eurosat import manifest
+
+PREFIX = "eurosat-push-test/"  # small stand-ins for the images: pushing torch's layers would take minutes
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """host:port of a registry that keeps its blobs in tmp_path."""
+    if not shutil.which("docker-registry"):
+        pytest.fail("Debian's docker-registry is not installed (.ci/run installs it)")
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'blobs'}\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")  # fmt: skip
+    server = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert server.poll() is None and time.monotonic() < deadline, "docker-registry did not start"
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    server.terminate()
+    server.wait()
+
+
+@pytest.fixture
+def small_images():
+    """Every image of the hierarchy as a one-file image, tagged as make tags them (<git sha> and latest)."""
+    sha = run("git", "rev-parse", "--short", "HEAD").stdout.strip()
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        data = f"pushed by the tests at {time.time()}\n".encode()  # a new digest on every run
+        info = tarfile.TarInfo("stand-in.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    subprocess.run([DOCKER, "import", "-", f"{PREFIX}base:latest"], input=layer.getvalue(), check=True, capture_output=True)
+    for image in IMAGES:
+        for tag in (sha, "latest"):
+            docker("tag", f"{PREFIX}base:latest", f"{PREFIX}{image}:{tag}")
+    yield sha
+    references = docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    docker("rmi", *[r for r in references if PREFIX in r], check=False)
+
+
+def served_digest(registry: str, image: str, tag: str) -> str:
+    request = urllib.request.Request(f"http://{registry}/v2/team/{image}/manifests/{tag}", headers={"Accept": MANIFEST_V2})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Docker-Content-Digest"]
+
+
+def test_make_push_records_the_registrys_digests_and_cluster_files_pin_by_them(registry, small_images, tmp_path):
+    pushed = tmp_path / "pushed-images.txt"
+    make("push", f"REGISTRY={registry}/team", f"IMAGE_PREFIX={PREFIX}", f"PUSHED={pushed}")
+    sha = small_images
+    recorded = dict(line.split() for line in pushed.read_text().splitlines())
+    assert sorted(recorded) == sorted(f"{registry}/team/{image}:{sha}" for image in IMAGES)
+    for image in IMAGES:
+        digest = served_digest(registry, image, sha)
+        assert digest.startswith("sha256:") and served_digest(registry, image, "latest") == digest
+        assert recorded[f"{registry}/team/{image}:{sha}"] == f"{registry}/team/{image}@{digest}"
+
+    project = manifest.default_project()
+    image = manifest.load(project).image
+    result = make("cluster-files", f"PROJECT={project}", "NODES=2", f"REGISTRY={registry}/team", f"PUSHED={pushed}")
+    digest = served_digest(registry, image, sha)
+    assert f"image {registry}/team/{image}@{digest}: pinned by digest" in result.stdout
+    script = (REPO / "build" / "cluster" / f"{project}-2x1" / "slurm.sbatch").read_text()
+    assert f"ENROOT_IMAGE='{registry}#team/{image}:{digest}'" in script
