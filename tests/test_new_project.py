@@ -38,7 +38,7 @@ def test_a_scaffolded_project_works_everywhere_with_no_file_outside_its_folder(c
     # the cluster files name its image and its layout flags; make reproduce trains it again to the same metrics
     make_in_clone(clone, "cluster-files", f"PROJECT={NAME}", "NODES=2", "GPUS=4", "REGISTRY=registry.example.org/team")
     slurm = (clone / "build" / "cluster" / f"{NAME}-2x4" / "slurm.sbatch").read_text()
-    assert f"projects/{NAME}/train.py train --data /data --devices 4 --num-nodes 2" in slurm
+    assert f'projects/{NAME}/train.py train --data "$data" --devices 4 --num-nodes 2' in slurm
     assert "registry.example.org/team/lightning:" in slurm
     assert "metrics: identical to the recorded run" in make_in_clone(clone, "reproduce", f"RUN={run_dir}").stdout
 
