@@ -40,6 +40,10 @@ def registry(tmp_path):
     yield f"127.0.0.1:{port}"
     server.terminate()
     server.wait()
+    references = docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    pushed = [r for r in references if r.startswith(f"127.0.0.1:{port}/")]
+    if pushed:  # make push tagged them for this registry
+        docker("rmi", *pushed, check=False)
 
 
 @pytest.fixture
