@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ PROJECTS = manifest.project_names()  # every project-parametrized test runs on e
 SMALL = ["--model", "resnet10t", "--batch-size", "16"]
 # 540 sample images with a 25% validation share: 135, odd, so a padding sampler on 2 ranks would count 136
 DDP_ARGS = ["--epochs", "1", "--batch-size", "32", "--model", "resnet10t", "--val-fraction", "0.25"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run(*args, check: bool = True, **kwargs) -> subprocess.CompletedProcess:

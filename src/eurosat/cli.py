@@ -72,6 +72,13 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
         help="also write last.ckpt every STEPS steps, with the position in the epoch (0: at epoch ends only)",
     )
 
+    train.add_argument("--tracking", choices=("none", "mlflow"), default="none", help="also log the run to MLflow")
+    train.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store or server (default: $MLFLOW_TRACKING_URI, else a local database: sqlite:///runs/mlflow.db)",
+    )
+
     evaluate = commands.add_parser("evaluate", help="validation loss and accuracy of a checkpoint")
     evaluate.add_argument("checkpoint", type=Path)
     evaluate.add_argument("--data", type=Path, help="EuroSAT folder (default: the one the run used)")

@@ -1,15 +1,16 @@
 """One run's life, the same for every project: a project's train.py holds its own flags and its fit loop, and
 hands them to main() here as an Experiment.
 
-The lifecycle creates or resumes the run directory, keeps the resolved config, provenance, metrics.jsonl and
-TensorBoard, prints the start line and the articles' per-epoch line, writes and checks checkpoints, turns
-SIGINT/SIGTERM into a checkpoint and exit status 130/143, a lost DDP peer into one line, and runs `evaluate`
-and `predict`. Resume takes the run's settings from its checkpoint, with RESUME_FLAGS (and the project's own
-resume_flags) from the new command line.
+The lifecycle creates or resumes the run directory, keeps the resolved config, provenance, metrics.jsonl,
+TensorBoard and, with --tracking mlflow, an MLflow run (eurosat.tracking), prints the start line and the articles'
+per-epoch line, writes and checks checkpoints, turns SIGINT/SIGTERM into a checkpoint and exit status 130/143, a
+lost DDP peer into one line, and runs `evaluate` and `predict`. Resume takes the run's settings from its checkpoint,
+with RESUME_FLAGS (and the project's own resume_flags) from the new command line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -39,13 +40,17 @@ from eurosat.runs import (
     save_checkpoint,
     write_json,
 )
+from eurosat.tracking import MlflowTracker, previous_run_id
+from eurosat.tracking import default_uri as default_tracking_uri
 from eurosat.training import restore_rng_state, rng_state
 
-RESUME_FLAGS = ("epochs", "device", "data_on")  # what a resume may change: how long and where, never what
+# What a resume may change: how long, where it runs and where it is tracked, never what it trains
+RESUME_FLAGS = ("epochs", "device", "data_on", "tracking", "tracking_uri")
 NOT_RECORDED = ("command", "resume")
 RUN_DIR_ENV = "EUROSAT_RUN_DIR"  # hands the run directory to processes a framework's launcher starts from rank 0
 PEER_LOST = re.compile(r"Connection (closed|reset) by peer|Broken pipe|timed out|NCCL error", re.I)
 EPOCH_SCALARS = ("loss", "acc", "val_loss", "val_acc", "images_per_s")
+TRACKED_METRICS = (*EPOCH_SCALARS, "seconds")
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ class Run:
         self.stop = StopRequest()
         self.is_main = False
         self.writer = None
+        self.tracker: MlflowTracker | None = None
 
     @classmethod
     def open(cls, experiment: Experiment, args) -> Run:
@@ -163,7 +169,10 @@ class Run:
         if not is_main:
             return
         write_json(self.directory / "config.json", self.config)
-        record_provenance(self.directory, provenance(self.config["seed"], device, world_size))
+        record = provenance(self.config["seed"], device, world_size)
+        if self.config.get("tracking") == "mlflow":
+            self.start_tracking(record)
+        record_provenance(self.directory, record)
         self.metrics = MetricsLog(self.directory)
         self.metrics.restart(self.history)
         self.writer = SummaryWriter(str(self.directory / "tensorboard"), purge_step=len(self.history) + 1)
@@ -172,6 +181,21 @@ class Run:
             f" x{world_size}, precision {precision}{notes}",
             flush=True,
         )
+        if self.tracker and self.tracker.active:
+            print(f"tracking: MLflow run {self.tracker.run_id} at {self.tracker.url()}", flush=True)
+
+    def start_tracking(self, record: dict) -> None:
+        """Start (or, on resume, continue) the MLflow run; its id goes into the provenance record."""
+        self.tracker = MlflowTracker(self.config.get("tracking_uri") or default_tracking_uri())
+        recorded = self.directory / "provenance.json"
+        resume_id = previous_run_id(json.loads(recorded.read_text()), self.tracker.uri) if recorded.exists() else None
+        self.tracker.start(self.project, self.directory.name, self.config, resume_id)
+        if self.tracker.active:
+            record["tracking"] = self.tracker.record()
+
+    def end_tracking(self, status: str) -> None:
+        if self.tracker:
+            self.tracker.end(self.directory, status)
 
     @property
     def best_val_acc(self) -> float:
@@ -185,6 +209,8 @@ class Run:
             self.metrics.append(record)
             for name in EPOCH_SCALARS:
                 self.writer.add_scalar(name, record[name], record["epoch"])
+            if self.tracker:
+                self.tracker.log_epoch(record, TRACKED_METRICS)
             print(
                 f"Epoch {record['epoch']}/{self.config['epochs']} loss {record['loss']:.4f} acc {record['acc']:.4f} "
                 f"val_loss {record['val_loss']:.4f} val_acc {record['val_acc']:.4f} "
@@ -230,9 +256,12 @@ def train(experiment: Experiment, args) -> list[dict]:
     if handing_over:
         os.environ[RUN_DIR_ENV] = str(run.directory)
     run.stop.install()
+    status = "FAILED"  # the MLflow run's end state
     try:
         experiment.fit(run)
+        status = "FINISHED"
     except Stopped as stopped:
+        status = "KILLED"
         if run.is_main:
             print(stopped.args[0], file=sys.stderr, flush=True)
         sys.exit(128 + stopped.args[1])
@@ -246,6 +275,7 @@ def train(experiment: Experiment, args) -> list[dict]:
         ) from None
     finally:
         run.stop.release()
+        run.end_tracking(status)
         if handing_over:
             os.environ.pop(RUN_DIR_ENV, None)
             if not any(run.directory.iterdir()):  # stopped by bad input before anything was written

@@ -19,7 +19,7 @@ from eurosat.lifecycle import make_parser
 from eurosat.projects import load_project
 from eurosat.runs import REPO_ROOT
 
-NOT_REPLAYED = {"help", "command", "resume", "out", "profile", "profiler"}  # where, not what, a run trains
+NOT_REPLAYED = {"help", "command", "resume", "out", "profile", "profiler", "tracking", "tracking_uri"}  # where, not what
 COMPARED = {
     "git commit": ("git", "commit"),
     "git working tree dirty": ("git", "dirty"),

@@ -1,11 +1,10 @@
 """Helpers for the tests against a real Docker engine (make test-images)."""
 
 import os
-import socket
 import subprocess
 import time
 
-from helpers import REPO
+from helpers import REPO, free_port  # noqa: F401 (the image tests import it from here)
 
 from eurosat.manifest import image_hierarchy
 
@@ -21,12 +20,6 @@ def parent_image(image: str) -> str:
     """The image `image` is built FROM on this machine."""
     parent = HIERARCHY.parents[image]
     return f"eurosat/{parent}:latest" if parent in IMAGES else STANDINS[parent]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def make_settings() -> list[str]:
