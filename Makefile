@@ -58,13 +58,17 @@ RUNNER ?= $(if $(shell $(DOCKER) info --format '{{.ServerVersion}}' 2>/dev/null)
 GPUS ?=
 NODES ?= 1
 CACHE_DIR ?= .cache/eurosat
+# Pretrained weights (Hugging Face hub, torch hub) in one host folder: local runs use it, containers mount it at /models
+MODEL_CACHE ?= .cache/models
+export HF_HOME := $(abspath $(MODEL_CACHE))/huggingface
+export TORCH_HOME := $(abspath $(MODEL_CACHE))/torch
 
 VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
 .PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
 	new-project doctor check-project check-docker images image-ngc lock-images pin push shell notebook execute down \
-	slurm-up slurm-shell slurm-down
+	slurm-up slurm-shell slurm-down weights
 
 help: ## list the targets
 	@echo "EuroSAT deep-learning monorepo. Projects: $(PROJECTS)"
@@ -113,6 +117,10 @@ data: $(VENV_STAMP) ## download EuroSAT into DATA (VARIANT=ms: 13-band TIFF, 2 G
 
 data-sample: $(VENV_STAMP) ## write a small synthetic EuroSAT (official layout, 13-band TIFF) into DATA
 	$(VENV_PY) -m eurosat.sample --out $(DATA)
+
+weights: $(VENV_STAMP) ## download MODEL's pretrained weights (a timm name) into MODEL_CACHE, for --pretrained runs offline
+	@[[ -n "$(MODEL)" ]] || { echo "error: pass MODEL=<timm model name>, e.g. make weights MODEL=resnet50" >&2; exit 2; }
+	@$(VENV_PY) -m eurosat.weights "$(MODEL)"
 
 reproduce: $(VENV_STAMP) ## train a recorded run again, warn about every provenance difference, compare metrics: RUN=runs/<project>/<id>
 	@[[ -n "$(RUN)" ]] || { echo "error: pass RUN=runs/<project>/<run-id> (a run directory to reproduce)" >&2; exit 2; }
@@ -170,7 +178,7 @@ pin: check-docker ## re-resolve the root bases' tags (FROM ... AS root-base) to 
 cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS) into build/cluster/
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, the registry the cluster pulls from (make push REGISTRY=... puts the images there)" >&2; exit 2; fi
 	$(VENV_PY) scripts/cluster/render.py --project $(PROJECT) --nodes $(NODES) --gpus $(or $(GPUS),1) \
-		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args "$(ARGS)"
+		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args="$(ARGS)"
 
 slurm-up: check-project check-docker $(COMPOSE_DEP) ## start a Slurm cluster in containers (a controller, two compute nodes) on PROJECT's image
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
@@ -216,8 +224,8 @@ clean: ## remove .venv and Python caches (data/ and runs/ are kept)
 
 # Settings every compose call gets: paths on the host, ids of the host user, images, the GPU override.
 define compose_env
-mkdir -p runs notebooks data $(CACHE_DIR) && \
-REPO_DIR=$(CURDIR) DATA_DIR=$(abspath $(DATA)) CACHE_DIR=$(abspath $(CACHE_DIR)) HOST_UID=$(HOST_UID) HOST_GID=$(HOST_GID) \
+mkdir -p runs notebooks data $(CACHE_DIR) $(MODEL_CACHE) && \
+REPO_DIR=$(CURDIR) DATA_DIR=$(abspath $(DATA)) CACHE_DIR=$(abspath $(CACHE_DIR)) MODEL_DIR=$(abspath $(MODEL_CACHE)) HOST_UID=$(HOST_UID) HOST_GID=$(HOST_GID) \
 PROJECT=$(PROJECT) TRAIN_IMAGE=$(IMAGE_PREFIX)$(PROJECT_IMAGE):latest JUPYTER_IMAGE=$(IMAGE_PREFIX)jupyter:latest \
 CONTAINER_IMAGE_ID="$$($(DOCKER) image inspect -f '{{.Id}}' $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest 2>/dev/null)" \
 EUROSAT_GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null)" EUROSAT_GIT_DIRTY="$$(git status --porcelain 2>/dev/null | head -c1)" \

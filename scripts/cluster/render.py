@@ -94,7 +94,7 @@ def pytorchjob(args, train_args: list[str]) -> dict:
         "--node_rank", "$(RANK)", "--master_addr", "$(MASTER_ADDR)", "--master_port", "$(MASTER_PORT)",
         f"projects/{args.project}/train.py", "train", "--data", "/data", *train_args,
     ]  # fmt: skip
-    volume = "workspace"  # a claim holding repo/ (a checkout), data/, runs/ and cache/
+    volume = "workspace"  # a claim holding repo/ (a checkout), data/, runs/, cache/ and models/
 
     def mount(path: str, sub_path: str, read_only: bool = False) -> dict:
         return {"name": volume, "mountPath": path, "subPath": sub_path, "readOnly": read_only}
@@ -106,7 +106,12 @@ def pytorchjob(args, train_args: list[str]) -> dict:
         "workingDir": "/workspace",
         "command": ["torchrun"],
         "args": launch,
-        "env": [{"name": "PYTHONPATH", "value": "/workspace/src"}, {"name": "EUROSAT_CACHE_DIR", "value": "/cache"}],
+        "env": [
+            {"name": "PYTHONPATH", "value": "/workspace/src"},
+            {"name": "EUROSAT_CACHE_DIR", "value": "/cache"},
+            {"name": "HF_HOME", "value": "/models/huggingface"},  # pretrained weights: make weights fills models/
+            {"name": "TORCH_HOME", "value": "/models/torch"},
+        ],
         "resources": {"limits": {"nvidia.com/gpu": str(args.gpus)}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False},
         "volumeMounts": [
@@ -114,6 +119,7 @@ def pytorchjob(args, train_args: list[str]) -> dict:
             mount("/workspace/runs", "runs"),
             mount("/data", "data", read_only=True),
             mount("/cache", "cache"),
+            mount("/models", "models"),
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
     }
@@ -149,7 +155,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cpus-per-node", type=positive_int, default=16)
     parser.add_argument("--time-limit", default="04:00:00", help="Slurm --time")
     parser.add_argument(
-        "--claim", default="eurosat-workspace", help="Kubernetes PersistentVolumeClaim with repo/ data/ runs/ cache/"
+        "--claim", default="eurosat-workspace", help="Kubernetes PersistentVolumeClaim with repo/ data/ runs/ cache/ models/"
     )
     parser.add_argument("--out", type=Path, default=REPO / "build" / "cluster")
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ def build_model(
         except Exception as exc:  # offline, or no weights published for this model
             raise UserError(
                 f"--pretrained: cannot get ImageNet weights for {name} ({exc.__class__.__name__}); "
-                "without internet access download them elsewhere and pass --weights PATH"
+                f"fetch them into the weights cache with `make weights MODEL={name}` where there is internet, "
+                "or pass --weights PATH"
             ) from None
     return timm.create_model(name, pretrained=False, **kwargs)

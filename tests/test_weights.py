@@ -1,0 +1,87 @@
+"""The weights cache: `make weights` and `--pretrained` offline (HF_HUB_OFFLINE=1) use a cache entry written here in
+huggingface_hub's own on-disk layout; without one they stop with one line."""
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+from helpers import SMALL, read_metrics, run, run_project, single_run_dir
+
+MODEL = SMALL[SMALL.index("--model") + 1]
+
+
+def write_hub_entry(hf_home: Path, repo_id: str, files: dict[str, bytes]) -> str:
+    """A model repository as huggingface_hub caches it: hub/models--<org>--<name>/ with blobs/ named by their
+    sha256, snapshots/<commit>/ of links to them, and refs/main naming the commit. Returns the commit."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return commit
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory) -> Path:
+    """A MODEL_CACHE holding MODEL's ImageNet weights (here: seeded random ones) where timm looks for them."""
+    cache = tmp_path_factory.mktemp("models")
+    torch.manual_seed(7)
+    weights = timm.create_model(MODEL).state_dict()
+    repo_id = timm.models.get_pretrained_cfg(MODEL).hf_hub_id
+    write_hub_entry(cache / "huggingface", repo_id, {"model.safetensors": safetensors.torch.save(weights)})
+    return cache
+
+
+def offline(**env) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+
+
+def test_make_weights_offline_finds_the_cached_weights(model_cache):
+    result = run("make", "weights", f"MODEL={MODEL}", f"MODEL_CACHE={model_cache}", env=offline())
+    repo_id = timm.models.get_pretrained_cfg(MODEL).hf_hub_id
+    assert f"{MODEL}: pretrained weights (hf-hub:{repo_id}) are in {model_cache / 'huggingface'}" in result.stdout
+
+
+def test_pretrained_training_offline_uses_the_cache(model_cache, sample_dir, tmp_path):
+    out = tmp_path / "runs"
+    hf_home = model_cache / "huggingface"
+    run_project("eurosat-amp", "--data", sample_dir, "--out", out, *SMALL, "--epochs", "1", "--pretrained",
+                env=offline(HF_HOME=str(hf_home)))  # fmt: skip
+    assert len(read_metrics(single_run_dir(out))) == 1
+    # the same command with an empty cache cannot train: the weights above came from the cache
+    empty = tmp_path / "empty"
+    result = run_project("eurosat-amp", "--data", sample_dir, "--out", out, *SMALL, "--pretrained", check=False,
+                         env=offline(HF_HOME=str(empty)))  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --pretrained: cannot get ImageNet weights for {MODEL} (LocalEntryNotFoundError); fetch them into "
+        f"the weights cache with `make weights MODEL={MODEL}` where there is internet, or pass --weights PATH"
+    ]
+
+
+def test_make_weights_offline_without_the_weights_is_one_line(tmp_path):
+    result = run("make", "weights", f"MODEL={MODEL}", f"MODEL_CACHE={tmp_path}", env=offline(), check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("make: ***"), result.stderr  # make's own line follows ours
+    assert lines[0].startswith(f"error: MODEL={MODEL}: cannot get its pretrained weights (HF_HUB_OFFLINE=1: the cache only)")
+    assert not any(tmp_path.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "model, expected",
+    [("", "error: pass MODEL=<timm model name>"), ("resnet_nope", "error: --model resnet_nope: unknown timm model")],
+)
+def test_make_weights_bad_model_is_one_line(model, expected, tmp_path):
+    result = run("make", "weights", f"MODEL={model}", f"MODEL_CACHE={tmp_path}", env=offline(), check=False)
+    assert result.returncode == 2 and result.stderr.startswith(expected), result.stderr
