@@ -67,7 +67,7 @@ VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 
 .PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
-	new-project doctor check-project check-docker images image-ngc lock-images pin push shell notebook execute down \
+	new-project doctor check-project check-docker images image-ngc lock-images pin push shell notebook mlflow execute down \
 	slurm-up slurm-shell slurm-down weights
 
 help: ## list the targets
@@ -206,6 +206,10 @@ shell: check-docker ## open a shell in IMAGE (default jupyter) with the reposito
 notebook: check-docker $(COMPOSE_DEP) ## start Jupyter and TensorBoard (detached) and print the URL with the token
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
 	@$(call compose_env) scripts/notebook.sh
+
+mlflow: check-docker $(COMPOSE_DEP) ## start the MLflow tracking server on runs/mlflow.db (detached) and print its URL
+	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
+	@$(call compose_env) scripts/mlflow.sh
 
 execute: check-docker $(COMPOSE_DEP) ## run NOTEBOOK=notebooks/<name>.ipynb top to bottom in the jupyter image (fails on an error)
 	@if [[ ! -f "$(NOTEBOOK)" ]]; then echo "error: NOTEBOOK=$(NOTEBOOK) is not a file; e.g. NOTEBOOK=notebooks/train.ipynb" >&2; exit 2; fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import json
 import os
@@ -126,8 +127,8 @@ def copy_repository(root: Path) -> Path:
     return root
 
 
-def in_clone(clone: Path, *args, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(clone / "src")}  # its own eurosat package, not this one's editable install
+def in_clone(clone: Path, *args, check: bool = True, timeout: int = 600, env=None) -> subprocess.CompletedProcess:
+    env = {**(env or os.environ), "PYTHONPATH": str(clone / "src")}  # its own eurosat package, not this one's editable install
     result = subprocess.run([str(a) for a in args], cwd=clone, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode:
         raise AssertionError(f"{args} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -136,3 +137,32 @@ def in_clone(clone: Path, *args, check: bool = True, timeout: int = 600) -> subp
 
 def make_in_clone(clone: Path, *args, **kwargs) -> subprocess.CompletedProcess:
     return in_clone(clone, "make", *args, f"VENV={REPO / '.venv'}", **kwargs)
+
+
+def write_hub_entry(hf_home: Path, repo_id: str, files: dict[str, bytes]) -> str:
+    """A model repository as huggingface_hub caches it: hub/models--<org>--<name>/ with blobs/ named by their
+    sha256, snapshots/<commit>/ of links to them, and refs/main naming the commit. Returns the commit."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return commit
+
+
+def cached_weights(cache: Path, model: str) -> Path:
+    """A MODEL_CACHE holding `model`'s ImageNet weights (seeded random ones) where timm looks for them offline."""
+    import safetensors.torch
+    import timm
+
+    torch.manual_seed(7)
+    weights = timm.create_model(model).state_dict()
+    repo_id = timm.models.get_pretrained_cfg(model).hf_hub_id
+    write_hub_entry(cache / "huggingface", repo_id, {"model.safetensors": safetensors.torch.save(weights)})
+    return cache

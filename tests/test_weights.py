@@ -1,45 +1,19 @@
 """The weights cache: `make weights` and `--pretrained` offline (HF_HUB_OFFLINE=1) use a cache entry written here in
 huggingface_hub's own on-disk layout; without one they stop with one line."""
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import timm
-import torch
-from helpers import SMALL, read_metrics, run, run_project, single_run_dir
+from helpers import SMALL, cached_weights, read_metrics, run, run_project, single_run_dir
 
 MODEL = SMALL[SMALL.index("--model") + 1]
 
 
-def write_hub_entry(hf_home: Path, repo_id: str, files: dict[str, bytes]) -> str:
-    """A model repository as huggingface_hub caches it: hub/models--<org>--<name>/ with blobs/ named by their
-    sha256, snapshots/<commit>/ of links to them, and refs/main naming the commit. Returns the commit."""
-    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    for name, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return commit
-
-
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory) -> Path:
-    """A MODEL_CACHE holding MODEL's ImageNet weights (here: seeded random ones) where timm looks for them."""
-    cache = tmp_path_factory.mktemp("models")
-    torch.manual_seed(7)
-    weights = timm.create_model(MODEL).state_dict()
-    repo_id = timm.models.get_pretrained_cfg(MODEL).hf_hub_id
-    write_hub_entry(cache / "huggingface", repo_id, {"model.safetensors": safetensors.torch.save(weights)})
-    return cache
+    return cached_weights(tmp_path_factory.mktemp("models"), MODEL)
 
 
 def offline(**env) -> dict:
