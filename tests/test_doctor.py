@@ -345,6 +345,7 @@ def test_each_gpu_file_reserves_the_gpus_for_every_gpu_service(how, device):
         "REPO_DIR": str(REPO),
         "DATA_DIR": str(REPO / "data"),
         "CACHE_DIR": str(REPO / ".cache"),
+        "MODEL_DIR": str(REPO / ".cache"),
         "PROJECT": PROJECTS[0],
     }
     compose = str(REPO / ".venv" / "bin" / "compose-v2")
