@@ -5,12 +5,10 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import PROJECTS, SMALL, free_port, main_in_process, read_metrics, run_project, single_run_dir
+from helpers import PROJECTS, SMALL, free_port, main_in_process, read_metrics, run_project, single_run_dir, wait_until_serving
 
 from eurosat.tracking import previous_run_id
 
@@ -31,15 +29,10 @@ def mlflow_server(tmp_path_factory):
             cwd=root, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}") from None
-            time.sleep(0.5)
+    try:
+        wait_until_serving(f"{uri}/health", server, "mlflow server")
+    except AssertionError as problem:
+        raise AssertionError(f"{problem}:\n{(root / 'server.log').read_text()[-3000:]}") from None
     yield uri
     server.terminate()
     server.wait(timeout=30)

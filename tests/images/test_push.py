@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 from engine import DOCKER, IMAGES, docker, free_port, make
-from helpers import REPO, run
+from helpers import REPO, run, wait_until_serving
 
 from eurosat import manifest
 
@@ -29,14 +29,7 @@ def registry(tmp_path):
     config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'blobs'}\n"
                       f"http:\n  addr: 127.0.0.1:{port}\n")  # fmt: skip
     server = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            assert server.poll() is None and time.monotonic() < deadline, "docker-registry did not start"
-            time.sleep(0.2)
+    wait_until_serving(f"http://127.0.0.1:{port}/v2/", server, "docker-registry", seconds=30)
     yield f"127.0.0.1:{port}"
     server.terminate()
     server.wait()
