@@ -12,6 +12,7 @@ from helpers import PROJECTS, SMALL, free_port, main_in_process, read_metrics, r
 
 from eurosat.tracking import previous_run_id
 
+pytestmark = pytest.mark.slow  # real processes and servers; make test-all runs them
 mlflow = pytest.importorskip("mlflow", reason="mlflow is in requirements.lock: run make venv")
 from mlflow import MlflowClient  # noqa: E402
 

@@ -9,6 +9,7 @@ import pytest
 import timm
 from helpers import SMALL, cached_weights, read_metrics, run, run_project, single_run_dir
 
+pytestmark = pytest.mark.slow  # real processes and servers; make test-all runs them
 MODEL = SMALL[SMALL.index("--model") + 1]
 
 
