@@ -65,6 +65,8 @@ export TORCH_HOME := $(abspath $(MODEL_CACHE))/torch
 
 VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
+# Node tools (package-lock.json): the Dev Containers CLI the dev container tests drive
+NODE_STAMP := node_modules/.installed
 
 .PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
 	new-project doctor check-project check-docker images image-ngc lock-images pin push shell notebook mlflow execute down \
@@ -84,6 +86,10 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 	touch $@
 
 venv: $(VENV_STAMP) ## create .venv from requirements.lock (every file hash-checked)
+
+$(NODE_STAMP): package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
 
 new-project: ## write projects/NAME/ (manifest, train.py, README.md) as a copy of FROM (default: the default project)
 	@$(PYTHON) scripts/new_project.py "$(NAME)" $(if $(FROM),--from "$(FROM)")
@@ -219,11 +225,11 @@ execute: check-docker $(COMPOSE_DEP) ## run NOTEBOOK=notebooks/<name>.ipynb top 
 down: $(COMPOSE_DEP) ## stop every container of this repository's compose project
 	@$(call compose_env) scripts/compose.sh down --remove-orphans
 
-test-images: $(VENV_STAMP) check-docker ## image, compose and notebook tests against the Docker engine
+test-images: $(VENV_STAMP) $(NODE_STAMP) check-docker ## image, compose and notebook tests against the Docker engine
 	$(VENV_PY) -m pytest tests/images -s
 
-clean: ## remove .venv and Python caches (data/ and runs/ are kept)
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+clean: ## remove .venv, node_modules and Python caches (data/ and runs/ are kept)
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Settings every compose call gets: paths on the host, ids of the host user, images, the GPU override.
