@@ -16,6 +16,8 @@ import pytest
 import torch
 from helpers import PROJECTS, REPO, assert_same_weights, read_metrics, run_project, single_run_dir, without_timings
 
+from eurosat.runs import resolve_resume
+
 pytestmark = pytest.mark.slow
 # 432 training images at batch 16: 27 steps an epoch, a checkpoint every 4 of them
 ARGS = ["--model", "resnet10t", "--batch-size", "16", "--epochs", "3", "--deterministic", "--checkpoint-every", "4"]
@@ -93,7 +95,8 @@ def test_kill_9_at_several_points_then_resume_equals_uninterrupted(sample_dir, t
         time.sleep(rng.uniform(0, 0.8))
         process.send_signal(signal.SIGKILL)
         assert process.wait() == -signal.SIGKILL
-        killed_at.append(checkpoint_position(run_dir / "last.ckpt"))
+        _, resumed_from, _ = resolve_resume(run_dir)  # a kill between save_checkpoint's renames leaves last.prev.ckpt
+        killed_at.append(checkpoint_position(resumed_from))
         process = start(project, "train", "--resume", run_dir, "--epochs", "3")
         wait_until_resumed(process, run_dir, resumes)
     _, stderr = process.communicate(timeout=300)
