@@ -1,10 +1,12 @@
 """Helpers for the tests against a real Docker engine (make test-images)."""
 
 import os
+import re
 import subprocess
 import time
+from pathlib import Path
 
-from helpers import REPO, free_port  # noqa: F401 (the image tests import it from here)
+from helpers import REPO, free_port
 
 from eurosat.manifest import image_hierarchy
 
@@ -38,6 +40,16 @@ def make(*args, check=True, timeout=1800, env=None) -> subprocess.CompletedProce
             f"make {' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def write_dotenv(root: Path, *port_settings: str) -> dict[str, int]:
+    """root/.env as .env.example, with a free port for each named setting (make notebook, make mlflow): the ports."""
+    ports = {key: free_port() for key in port_settings}
+    text = (root / ".env.example").read_text()
+    for key, port in ports.items():
+        text = re.sub(rf"^{key}=.*$", f"{key}={port}", text, flags=re.M)
+    (root / ".env").write_text(text)
+    return ports
 
 
 def docker(*args, check=True, timeout=600) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from engine import free_port, make_settings
+from engine import make_settings, write_dotenv
 from helpers import copy_repository, make_in_clone
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
@@ -39,10 +39,7 @@ def screenshot(driver, name: str) -> Path:
 def jupyter(built_images, tmp_path_factory):
     """`make notebook` in a copy of the repository (its own .env, free ports): the URL with the token it printed."""
     root = copy_repository(tmp_path_factory.mktemp("browser") / "repo")
-    text = (root / ".env.example").read_text()
-    for key in ("JUPYTER_PORT", "TENSORBOARD_PORT"):
-        text = re.sub(rf"^{key}=.*$", f"{key}={free_port()}", text, flags=re.M)
-    (root / ".env").write_text(text)
+    write_dotenv(root, "JUPYTER_PORT", "TENSORBOARD_PORT")
     started = make_in_clone(root, "notebook", *make_settings())
     url = re.search(r"^Jupyter: +(http://\S+/lab\?token=[0-9a-f]{48})$", started.stdout, re.M).group(1)
     yield url

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from engine import DOCKER, IMAGES, docker, free_port, image_id, make, make_settings
+from engine import DOCKER, IMAGES, docker, free_port, image_id, make, make_settings, write_dotenv
 from helpers import REPO, copy_repository, make_in_clone
 
 from eurosat import manifest
@@ -37,12 +37,7 @@ def make_in(root, *args, check=True):
 @pytest.fixture
 def dotenv(repo_copy):
     """(the copy, free ports): a fresh .env in the copy, with free ports and no token yet."""
-    ports = {"JUPYTER_PORT": free_port(), "TENSORBOARD_PORT": free_port()}
-    text = (repo_copy / ".env.example").read_text()
-    for key, port in ports.items():
-        text = re.sub(rf"^{key}=.*$", f"{key}={port}", text, flags=re.M)
-    (repo_copy / ".env").write_text(text)
-    yield repo_copy, ports
+    yield repo_copy, write_dotenv(repo_copy, "JUPYTER_PORT", "TENSORBOARD_PORT")
     make_in(repo_copy, "down", check=False)
     (repo_copy / ".env").unlink(missing_ok=True)
 

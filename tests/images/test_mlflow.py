@@ -1,12 +1,11 @@
 """make mlflow: the tracking server over runs/mlflow.db, serving runs tracked in a container (make train) and on
 the host (RUNNER=local), each with its checkpoint, on 127.0.0.1 only."""
 
-import re
 import urllib.parse
 import urllib.request
 
 import pytest
-from engine import docker, free_port, make_settings
+from engine import docker, make_settings, write_dotenv
 from helpers import PROJECTS, SMALL, copy_repository, make_in_clone
 
 from eurosat import manifest
@@ -18,10 +17,7 @@ from mlflow import MlflowClient  # noqa: E402
 @pytest.fixture
 def repo_copy(tmp_path):
     root = copy_repository(tmp_path / "repo")
-    port = free_port()
-    text = re.sub(r"^MLFLOW_PORT=.*$", f"MLFLOW_PORT={port}", (root / ".env.example").read_text(), flags=re.M)
-    (root / ".env").write_text(text)
-    yield root, port
+    yield root, write_dotenv(root, "MLFLOW_PORT")["MLFLOW_PORT"]
     make_in_clone(root, "down", *make_settings(), check=False)
 
 
