@@ -49,10 +49,14 @@ def workspace(built_images, host_user):
     shutil.rmtree(root)
 
 
+def make_env() -> dict[str, str]:
+    """This process's environment with make's settings for this machine (the stand-in bases), for what calls make."""
+    return {**os.environ, **dict(setting.split("=", 1) for setting in make_settings())}
+
+
 def as_host_user(user, workspace, subcommand, *args, timeout=900) -> subprocess.CompletedProcess:
     """The Dev Containers CLI, run by the host user from the workspace, as a developer runs it."""
-    settings = dict(setting.split("=", 1) for setting in make_settings())  # the stand-in bases, for initializeCommand
-    env = {**os.environ, **settings, "HOME": user.pw_dir, "USER": user.pw_name, "DOCKER_BUILDKIT": "1"}
+    env = {**make_env(), "HOME": user.pw_dir, "USER": user.pw_name, "DOCKER_BUILDKIT": "1"}  # make: initializeCommand
     prefix = ["runuser", "-u", user.pw_name, "--"] if os.geteuid() != user.pw_uid else []
     cli = [workspace / "node_modules" / ".bin" / "devcontainer", subcommand, "--workspace-folder", workspace]
     command = [*prefix, *cli, "--docker-path", DOCKER, *args]
@@ -119,10 +123,9 @@ def test_the_init_command_makes_the_mounted_folders_and_builds_a_missing_parent(
     root = copy_repository(tmp_path / "repo")
     config = root / ".devcontainer" / "devcontainer.json"
     config.write_text(config.read_text().replace('"eurosat/lightning:latest"', '"eurosat-devinit/lightning:latest"'))
-    env = {**os.environ, **dict(setting.split("=", 1) for setting in make_settings())}
     try:
         result = subprocess.run(
-            ["bash", "scripts/devcontainer-init.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=1800
+            ["bash", "scripts/devcontainer-init.sh"], cwd=root, env=make_env(), capture_output=True, text=True, timeout=1800
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "eurosat-devinit/lightning:latest is not built yet" in result.stdout
