@@ -31,6 +31,8 @@ IMAGE_PREFIX ?= eurosat/
 IMAGES_DIR ?= images
 # The layers `make lock-images` solves, in build order
 LOCK_LAYERS ?= $(IMAGES)
+# LOCKED=1: build only from the committed locks (CI); unset, a lock solved against another base is re-solved
+LOCKED ?=
 REGISTRY ?=
 # What `make push` pushed: "<registry>/<image>:<git sha> <registry>/<image>@sha256:..." lines; cluster files pin by it
 PUSHED ?= build/pushed-images.txt
@@ -69,7 +71,7 @@ VENV_PY := $(VENV)/bin/python
 NODE_STAMP := node_modules/.installed
 
 .PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
-	new-project doctor check-project check-docker images image-ngc lock-images pin push shell notebook mlflow execute down \
+	new-project doctor check-project check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
 	slurm-up slurm-shell slurm-down weights
 
 help: ## list the targets
@@ -138,9 +140,14 @@ bench: $(VENV_STAMP) ## the articles' baseline vs this project on DATA (ARGS: --
 lock: $(VENV_STAMP) ## regenerate requirements.lock (hashes, all platforms) from requirements.in
 	$(VENV_PY) scripts/lock.py compile requirements.in requirements.lock
 
-lock-check: $(VENV_STAMP) ## fail when a lock no longer matches its input or was edited after it was generated
+lock-check: $(VENV_STAMP) ## fail when a lock no longer matches its input or LOCK_CUTOFF, or was edited after it was generated
 	$(VENV_PY) scripts/lock.py check requirements.in requirements.lock
 	$(VENV_PY) scripts/lock.py verify $(IMAGES_DIR)/*/requirements.lock
+	$(VENV_PY) scripts/lock.py cutoff $(IMAGES_DIR)/*/requirements.lock
+
+relock: $(VENV_STAMP) check-docker ## refresh every lock: LOCK_CUTOFF (images/versions.env) set to now, then make lock lock-images
+	$(VENV_PY) scripts/lock.py relock
+	$(MAKE) lock lock-images
 
 lint: $(VENV_STAMP) ## pre-commit on every file: ruff, hadolint, shellcheck, hygiene
 	PATH="$(abspath $(VENV))/bin:$$PATH" pre-commit run --all-files --show-diff-on-failure
@@ -162,6 +169,8 @@ image-%: check-docker ## build one image (IMAGES in images/hierarchy.env); a mis
 	@if [[ -z "$(filter $*,$(IMAGES))" ]]; then echo "error: no image '$*'; images: $(IMAGES)" >&2; exit 2; fi
 	@if [[ -n "$(filter $(PARENT_$*),$(IMAGES))" ]] && ! $(DOCKER) image inspect $(call base_of,$*) >/dev/null 2>&1; then \
 		$(MAKE) image-$(PARENT_$*); fi
+	@DOCKER=$(DOCKER) PIP_CA=$(PIP_CA) $(PYTHON) scripts/lock_images.py --ngc-base $(NGC_BASE) --build-on $(call base_of,$*) \
+		--out $(IMAGES_DIR) $(if $(LOCKED),--locked) $*
 	DOCKER_BUILDKIT=1 $(DOCKER) build --file $(IMAGES_DIR)/$*/Dockerfile \
 		--build-arg BASE_IMAGE=$(call base_of,$*) --build-arg UID=$(IMAGE_UID) --build-arg GID=$(IMAGE_GID) \
 		$(if $(PIP_CA),--secret id=pip-ca$(comma)src=$(PIP_CA)) \

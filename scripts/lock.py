@@ -4,11 +4,15 @@
     python scripts/lock.py check requirements.in requirements.lock
     python scripts/lock.py seal LOCK...     # record the sha256 of each lock's own text in its header
     python scripts/lock.py verify LOCK...   # fail when a lock was edited after it was sealed (stdlib only)
+    python scripts/lock.py cutoff LOCK...   # fail when a lock was solved with another LOCK_CUTOFF (stdlib only)
+    python scripts/lock.py relock           # set LOCK_CUTOFF in images/versions.env to now (make relock)
 
 The lock is universal (every platform and Python >= 3.11) and records the sha256 of its input, so `check`
 knows, offline, when the input changed after the last compile and when a pin no longer satisfies it. The
 seal catches a hand-edited or corrupted lock (a changed hash or pin) before pip runs; pip's --require-hashes
-then checks every downloaded file against the lock.
+then checks every downloaded file against the lock. Every solve ignores files uploaded after LOCK_CUTOFF
+(images/versions.env) and starts from nothing (no earlier pin is preferred), so a commit re-solves to the same
+locks on any later day.
 """
 
 from __future__ import annotations
@@ -17,16 +21,19 @@ import hashlib
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from eurosat.manifest import read_env  # noqa: E402 (the standard library only, like this script)
 
-VERSIONS = read_env(Path(__file__).resolve().parents[1] / "images" / "versions.env")
+VERSIONS_ENV = Path(__file__).resolve().parents[1] / "images" / "versions.env"
+VERSIONS = read_env(VERSIONS_ENV)
 PINNED_BY_VERSIONS = {"torch": "TORCH_VERSION", "torchvision": "TORCHVISION_VERSION"}
 
 INPUT_HASH = re.compile(r"^# input sha256: ([0-9a-f]{64})$", re.M)
 SEAL = re.compile(r"^# lock sha256: ([0-9a-f]{64})\n", re.M)
+CUTOFF = re.compile(r"^# uploaded prior to: (\S+)$", re.M)
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", re.M)
 
 
@@ -36,6 +43,8 @@ def input_hash(path: Path) -> str:
 
 def compile_lock(source: Path, lock: Path) -> None:
     uv = Path(sys.executable).with_name("uv")
+    fresh = lock.with_name(lock.name + ".new")  # uv prefers the pins of an existing output: solve from nothing
+    fresh.unlink(missing_ok=True)
     command = [
         str(uv),
         "pip",
@@ -45,15 +54,19 @@ def compile_lock(source: Path, lock: Path) -> None:
         "--python-version",
         VERSIONS["LOCK_PYTHON"],
         "--generate-hashes",
+        "--exclude-newer",
+        VERSIONS["LOCK_CUTOFF"],
         "--quiet",
         "--custom-compile-command",
         f"make lock  # {source} -> {lock}",
         "-o",
-        str(lock),
+        str(fresh),
     ]
     subprocess.run(command, check=True)
-    lock.write_text(f"# input sha256: {input_hash(source)}\n" + lock.read_text())
-    seal(lock)
+    header = f"# input sha256: {input_hash(source)}\n# uploaded prior to: {VERSIONS['LOCK_CUTOFF']}\n"
+    fresh.write_text(header + fresh.read_text())
+    seal(fresh)
+    fresh.replace(lock)
 
 
 def _sealed_body(text: str) -> str:
@@ -82,6 +95,23 @@ def verify(lock: Path) -> str | None:
     return None
 
 
+def cutoff_problem(lock: Path) -> str | None:
+    """A lock solved with another cutoff than images/versions.env's LOCK_CUTOFF, or None."""
+    recorded = CUTOFF.search(lock.read_text())
+    if recorded and recorded.group(1) == VERSIONS["LOCK_CUTOFF"]:
+        return None
+    solved = f"was solved with uploads prior to {recorded.group(1)}" if recorded else "records no '# uploaded prior to:'"
+    return f"{lock} {solved}, images/versions.env has LOCK_CUTOFF={VERSIONS['LOCK_CUTOFF']}"
+
+
+def relock_cutoff(now: datetime) -> str:
+    """Set LOCK_CUTOFF in images/versions.env to `now` (UTC, whole seconds); the new value."""
+    cutoff = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    text = VERSIONS_ENV.read_text()
+    VERSIONS_ENV.write_text(re.sub(r"^LOCK_CUTOFF=.*$", f"LOCK_CUTOFF={cutoff}", text, count=1, flags=re.M))
+    return cutoff
+
+
 def versions_problems(source: Path, requirement) -> list[str]:
     """torch and torchvision are pinned to images/versions.env's versions wherever a requirements.in names them."""
     key = PINNED_BY_VERSIONS.get(requirement.name.lower())
@@ -95,7 +125,7 @@ def check_lock(source: Path, lock: Path) -> list[str]:
     from packaging.utils import canonicalize_name
 
     text = lock.read_text()
-    problems = [problem] if (problem := verify(lock)) else []
+    problems = [problem for problem in (verify(lock), cutoff_problem(lock)) if problem]
     recorded = INPUT_HASH.search(text)
     if not recorded or recorded.group(1) != input_hash(source):
         problems.append(f"{source} changed since {lock} was compiled")
@@ -128,11 +158,16 @@ def main() -> int:
         for path in paths:
             seal(Path(path))
         return 0
-    if command == "verify":
-        problems = [problem for path in paths if (problem := verify(Path(path)))]
+    if command in ("verify", "cutoff"):
+        check = verify if command == "verify" else cutoff_problem
+        problems = [problem for path in paths if (problem := check(Path(path)))]
         for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
+            fix = "" if command == "verify" else ": re-solve it (make lock-images) or restore the LOCK_CUTOFF it has"
+            print(f"error: {problem}{fix}", file=sys.stderr)
         return 1 if problems else 0
+    if command == "relock":
+        print(f"LOCK_CUTOFF={relock_cutoff(datetime.now(UTC))} in images/versions.env")
+        return 0
     source, lock = Path(paths[0]), Path(paths[1])
     problems = check_lock(source, lock)
     for problem in problems:

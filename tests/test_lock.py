@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 from helpers import REPO, run
 
@@ -48,3 +49,39 @@ def test_lock_images_names_an_unknown_layer_in_one_line():
     assert result.stderr.strip().splitlines() == [
         "error: no images/<layer>/requirements.in for nope: LOCK_LAYERS takes cuda-base jupyter lightning torch-ngc"
     ]
+
+
+def copy_lock_tools(root):
+    for name in FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "images", root / "images", dirs_exist_ok=True)
+
+
+def test_every_lock_records_the_cutoff_of_images_versions_env():
+    cutoff = re.search(r"^LOCK_CUTOFF=(\S+)$", (REPO / "images" / "versions.env").read_text(), re.M).group(1)
+    locks = [REPO / "requirements.lock", *sorted((REPO / "images").glob("*/requirements.lock"))]
+    assert len(locks) == 5
+    for lock in locks:
+        assert f"\n# uploaded prior to: {cutoff}\n" in lock.read_text(), lock
+
+
+def test_make_relock_moves_the_cutoff_and_lock_check_names_every_lock_it_leaves_behind(tmp_path):
+    copy_lock_tools(tmp_path)
+    before = datetime.now(UTC).replace(microsecond=0)
+    result = run(sys.executable, str(tmp_path / "scripts" / "lock.py"), "relock")
+    cutoff = re.search(r"^LOCK_CUTOFF=(\S+)$", (tmp_path / "images" / "versions.env").read_text(), re.M).group(1)
+    assert result.stdout == f"LOCK_CUTOFF={cutoff} in images/versions.env\n"
+    assert before <= datetime.strptime(cutoff, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) <= datetime.now(UTC)
+    old = re.search(r"^LOCK_CUTOFF=(\S+)$", (REPO / "images" / "versions.env").read_text(), re.M).group(1)
+    lock_py = tmp_path / "scripts" / "lock.py"
+    result = run(sys.executable, lock_py, "check", tmp_path / "requirements.in", tmp_path / "requirements.lock", check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: {tmp_path / 'requirements.lock'} was solved with uploads prior to {old}, "
+        f"images/versions.env has LOCK_CUTOFF={cutoff}: run `make lock`\n"
+    )
+    locks = sorted((tmp_path / "images").glob("*/requirements.lock"))
+    result = run(sys.executable, lock_py, "cutoff", *locks, check=False)
+    assert result.returncode == 1
+    assert [line.split(" was solved")[0] for line in result.stderr.splitlines()] == [f"error: {lock}" for lock in locks]
