@@ -62,7 +62,7 @@ def lock_cuda_layer(layer: str, out: Path) -> None:
     lock = out / layer / "requirements.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     uv = Path(sys.executable).with_name("uv")
-    source = REPO / "images" / layer / "requirements.in"
+    source = out / layer / "requirements.in"
     for line in filter(None, (line.split("#")[0].strip() for line in source.read_text().splitlines())):
         for problem in versions_problems(source, Requirement(line)):
             raise LockError(problem)
@@ -94,9 +94,9 @@ class BaseContainer:
     def run(self, *command: str) -> str:
         return docker("exec", self.id, *command)
 
-    def solve(self, layer: str, base: str) -> Path:
-        """The layer's sealed lock, solved in this container as it is now."""
-        (self.scratch / f"{layer}.in").write_bytes((REPO / "images" / layer / "requirements.in").read_bytes())
+    def solve(self, layer: str, source: Path, base: str) -> Path:
+        """The layer's sealed lock, solved from `source` (its requirements.in) in this container as it is now."""
+        (self.scratch / f"{layer}.in").write_bytes(source.read_bytes())
         candidate = self.scratch / f"{layer}.lock"
         self.run("solve-layer", f"{WORK}/{layer}.in", f"{WORK}/{layer}.lock", layer, VERSIONS["LOCK_CUTOFF"],
                  VERSIONS["SOLVER_PIP"], base)  # fmt: skip
@@ -125,7 +125,7 @@ def lock_ngc_layers(layers: list[str], ngc_base: str, out: Path) -> None:
         container = BaseContainer(ngc_base, scratch)
         try:
             for layer in layers:
-                candidate = container.solve(layer, describe_base(layer, ngc_base))
+                candidate = container.solve(layer, out / layer / "requirements.in", describe_base(layer, ngc_base))
                 # installed as the build installs it; the committed lock is replaced only once that worked
                 container.run("install-layer", f"{WORK}/{layer}.lock", f"images/{layer}/requirements.lock", ngc_base)
                 lock = out / layer / "requirements.lock"
@@ -179,7 +179,7 @@ def build_on(layer: str, base: str, ngc_base: str, out: Path, locked: bool) -> N
         os.chmod(scratch, 0o777)
         container = BaseContainer(base, scratch)
         try:
-            candidate = container.solve(layer, describe_base(layer, ngc_base))
+            candidate = container.solve(layer, out / layer / "requirements.in", describe_base(layer, ngc_base))
         finally:
             container.close()
         before = pins(lock)
@@ -194,13 +194,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("layers", nargs="+", help="image names in build order")
     parser.add_argument("--ngc-base", required=True, help="the NGC image (or its stand-in) the layers are built on")
-    parser.add_argument("--out", type=Path, default=REPO / "images", help="where <layer>/requirements.lock go")
+    parser.add_argument("--out", type=Path, default=REPO / "images", help="the folder of <layer>/requirements.in and .lock")
     parser.add_argument("--build-on", metavar="IMAGE", help="re-solve LAYER's lock if it was solved against another base")
     parser.add_argument("--locked", action="store_true", help="with --build-on: refuse a lock for another base")
     args = parser.parse_args()
-    unknown = [layer for layer in args.layers if not (REPO / "images" / layer / "requirements.in").is_file()]
+    unknown = [layer for layer in args.layers if not (args.out / layer / "requirements.in").is_file()]
     if unknown:
-        known = sorted(path.parent.name for path in (REPO / "images").glob("*/requirements.in"))
+        known = sorted(path.parent.name for path in args.out.glob("*/requirements.in"))
         sys.exit(f"error: no images/<layer>/requirements.in for {' '.join(unknown)}: LOCK_LAYERS takes {' '.join(known)}")
     hierarchy = image_hierarchy()
     try:

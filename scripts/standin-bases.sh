@@ -4,6 +4,8 @@
 #       (with its NVIDIA_VISIBLE_DEVICES=all, which every CUDA image sets).
 #   $STANDIN_NGC  (eurosat/standin-ngc:25.10)      stands in for nvcr.io/nvidia/pytorch:25.10-py3 as pip sees it:
 #       Python 3.12 and NGC's packages (scripts/standin/ngc-25.10.txt), /etc/pip/constraint.txt, PIP_CONSTRAINT.
+#       Its constraint file pins every installed package; $STANDIN_NGC-restricted is the same image with the
+#       restricted file the public build history of 25.10 shows (numba and llvmlite only).
 # The Dockerfiles and make targets stay the same; only BASE_IMAGE differs. Needs root, debootstrap and docker.
 # PYTHON312=<prefix> picks the CPython 3.12 to copy (default: pyenv's newest 3.12); PIP_CA a CA bundle for pip.
 set -euo pipefail
@@ -51,8 +53,12 @@ cp images/cuda-base/requirements.lock "$context/cuda-base.lock"
 cp -r scripts/standin "$context/standin"
 secret=()
 if [[ -n ${PIP_CA:-} ]]; then secret=(--secret "id=pip-ca,src=$PIP_CA"); fi
-DOCKER_BUILDKIT=1 "$DOCKER" build --quiet --file scripts/standin/ngc.Dockerfile --build-arg "BASE_IMAGE=$STANDIN_CUDA" \
-  "${secret[@]}" --tag "$STANDIN_NGC" "$context" >/dev/null
-# shellcheck disable=SC2016 # expanded in the container
-echo "built $STANDIN_NGC: $("$DOCKER" run --rm "$STANDIN_NGC" sh -c \
-  'echo "$(python3 --version), $(grep -c == /etc/pip/constraint.txt) packages in $PIP_CONSTRAINT"')"
+for constraint in full restricted; do
+  tag=$STANDIN_NGC
+  if [[ $constraint != full ]]; then tag=$STANDIN_NGC-$constraint; fi
+  DOCKER_BUILDKIT=1 "$DOCKER" build --quiet --file scripts/standin/ngc.Dockerfile --build-arg "BASE_IMAGE=$STANDIN_CUDA" \
+    --build-arg "CONSTRAINT=$constraint" "${secret[@]}" --tag "$tag" "$context" >/dev/null
+  # shellcheck disable=SC2016 # expanded in the container
+  echo "built $tag: $("$DOCKER" run --rm "$tag" sh -c \
+    'echo "$(python3 --version), $(python3 -m pip list --format=freeze | grep -c ==) packages, $(grep -c == /etc/pip/constraint.txt) pinned in $PIP_CONSTRAINT"')"
+done

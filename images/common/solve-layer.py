@@ -112,11 +112,11 @@ def solve(source: Path, out: Path, layer: str, cutoff: str, pip_requirement: str
         installed = folder / "installed.txt"
         installed.write_text(subprocess.run(["base-fingerprint", "freeze"], capture_output=True, text=True, check=True).stdout)
         report = folder / "report.json"
-        command = [sys.executable, str(wheel / "pip"), "install", "--dry-run", "--quiet", "--only-binary=:all:"]
+        command = [sys.executable, str(wheel / "pip"), "install", "--dry-run", "--only-binary=:all:"]
         command += ["--uploaded-prior-to", cutoff, "--report", str(report), "-r", str(source), "-c", str(installed)]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            fail(f"cannot be solved on this base: {conflict(result.stderr)}")
+            fail(f"cannot be solved on this base: {conflict(result.stdout + result.stderr)}")  # pip explains on stdout
         fingerprint = subprocess.run(["base-fingerprint", "show"], capture_output=True, text=True, check=True).stdout.strip()
         out.write_text(lock_text(layer, json.loads(report.read_text()), fingerprint, cutoff, base))
 

@@ -1,8 +1,9 @@
 # The stand-in for nvcr.io/nvidia/pytorch:25.10-py3, built by scripts/standin-bases.sh (no registry here).
 # What pip and Python see is NGC's: Python 3.12 as the system Python without the "externally managed" guard,
 # the packages of ngc-25.10.txt at NGC's versions, torch and torchvision as pre-release builds, CUDA libraries
-# that pip does not list, /etc/pip/constraint.txt listing every package, PIP_CONSTRAINT set, running as root,
-# NVIDIA_VISIBLE_DEVICES=all.
+# that pip does not list, /etc/pip/constraint.txt, PIP_CONSTRAINT set, running as root, NVIDIA_VISIBLE_DEVICES=all.
+# The evidence allows two constraint files (shared FACTS, "NGC 25.10 as pip sees it"): CONSTRAINT=full pins every
+# installed package (NVIDIA's notes), CONSTRAINT=restricted only numba and llvmlite (the 25.10 build history).
 # Context: a folder with python/ (a CPython 3.12 tree for /usr/local, or empty), cuda-base.lock and this folder.
 ARG BASE_IMAGE=eurosat/standin-cuda:bookworm
 FROM ${BASE_IMAGE}
@@ -32,6 +33,14 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip-ca --m
     && python3 -m pip check \
     && python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)' \
     && rm /tmp/torch.txt /tmp/ngc.txt /tmp/relabel.txt
+# Last, so that both variants share every layer above.
+ARG CONSTRAINT=full
+RUN case "$CONSTRAINT" in \
+      full) ;; \
+      restricted) grep -iE '^(numba|llvmlite)==' /etc/pip/constraint.txt >/tmp/restricted.txt || true; \
+        mv /tmp/restricted.txt /etc/pip/constraint.txt ;; \
+      *) echo "CONSTRAINT must be full or restricted, not $CONSTRAINT" >&2; exit 1 ;; \
+    esac
 # NGC's environment as the code reads it: the NVIDIA runtime's request for every GPU, not evidence of one
 ENV PIP_CONSTRAINT=/etc/pip/constraint.txt NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
 CMD ["bash"]

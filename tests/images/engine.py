@@ -15,6 +15,7 @@ HIERARCHY = image_hierarchy()  # images/hierarchy.env: the images in build order
 IMAGES = HIERARCHY.order
 STANDIN_CUDA = "eurosat/standin-cuda:bookworm"
 STANDIN_NGC = "eurosat/standin-ngc:25.10"
+STANDIN_NGC_RESTRICTED = f"{STANDIN_NGC}-restricted"  # the same packages, a constraint file pinning numba and llvmlite
 STANDINS = {"CUDA_BASE": STANDIN_CUDA, "NGC_BASE": STANDIN_NGC}  # what each root base is here
 
 

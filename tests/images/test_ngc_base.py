@@ -7,7 +7,18 @@ import shutil
 import subprocess
 
 import pytest
-from engine import DOCKER, HIERARCHY, IMAGES, STANDIN_NGC, docker, image_id, make, parent_image
+from engine import (
+    DOCKER,
+    HIERARCHY,
+    IMAGES,
+    STANDIN_NGC,
+    STANDIN_NGC_RESTRICTED,
+    docker,
+    image_id,
+    make,
+    make_settings,
+    parent_image,
+)
 from helpers import REPO
 
 NGC_LAYERS = [image for image in IMAGES if HIERARCHY.root(image) == "NGC_BASE"]
@@ -74,7 +85,14 @@ def test_no_package_of_the_base_changed_in_any_layer(base_packages, layer):
     assert not [name for name in base_packages if re.search(rf"^{re.escape(name)}==", lock, re.M)]  # only what NGC lacks
 
 
-def test_a_lock_solved_against_another_base_stops_the_build_in_one_line(built_images, tmp_path):
+def one_error(log: str, prefix: str) -> str:
+    """The one error line starting with `prefix` (BuildKit repeats a failed step's last lines: counted once)."""
+    errors = {line[line.index("error: ") :] for line in log.splitlines() if f"error: {prefix}" in line}
+    assert len(errors) == 1, log[-3000:]
+    return errors.pop()
+
+
+def test_locked_refuses_a_lock_solved_against_another_base_in_one_line(built_images, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(REPO / "images", images)
     lock = images / "torch-ngc" / "requirements.lock"
@@ -82,16 +100,104 @@ def test_a_lock_solved_against_another_base_stops_the_build_in_one_line(built_im
     other = "python=3.12 platform=linux-x86_64 constraint=sha256:" + "0" * 64 + " packages=sha256:" + "1" * 64
     lock.write_text(re.sub(r"^# base: .+$", f"# base: {other}", text, count=1, flags=re.M))
     before = image_id("torch-ngc")
-    result = make("image-torch-ngc", f"IMAGES_DIR={images}", check=False)
+    result = make("image-torch-ngc", f"IMAGES_DIR={images}", "LOCKED=1", check=False)
     assert result.returncode != 0
-    log = result.stdout + result.stderr
-    errors = {line[line.index("error: ") :] for line in log.splitlines() if "error: images/torch-ngc/requirements.lock" in line}
-    assert len(errors) == 1, log[-3000:]  # one message (BuildKit repeats a failed step's last lines)
-    (error,) = errors
+    error = one_error(result.stdout + result.stderr, "images/torch-ngc/requirements.lock")
     here = re.search(r"^# base: (.+)$", text, re.M).group(1)
     assert f"lock has {other}; {STANDIN_NGC} has {here}" in error
-    assert f"run 'make lock-images NGC_BASE={STANDIN_NGC}'" in error
+    assert f"build without LOCKED=1 to re-solve it for this base, or run 'make lock-images NGC_BASE={STANDIN_NGC}'" in error
+    assert "DOCKER_BUILDKIT=1" not in result.stdout  # refused before the build started
     assert image_id("torch-ngc") == before  # the previous image stays
+
+
+RESTRICTED_PREFIX = "eurosat-restricted/"
+
+
+def make_on_restricted(*args: str, locked: str = "", check: bool = True):
+    """make with the restricted stand-in as NGC_BASE, images under their own names, LOCKED unset (uv sync's default)."""
+    settings = [*make_settings(), f"NGC_BASE={STANDIN_NGC_RESTRICTED}", f"IMAGE_PREFIX={RESTRICTED_PREFIX}", f"LOCKED={locked}"]
+    result = subprocess.run(["make", *args, *settings], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def restricted_images():
+    yield
+    tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"{RESTRICTED_PREFIX}*").stdout.split()
+    if tags:
+        docker("rmi", *tags)
+
+
+def pins(lock: str) -> dict[str, str]:
+    return dict(re.findall(r"^([a-z0-9-]+)==(\S+) ", lock, re.M))
+
+
+def test_a_lock_for_another_base_is_re_solved_inside_it_then_built(built_images, restricted_images, tmp_path):
+    """NGC's real constraint file may pin only numba and llvmlite: the committed lock's fingerprint cannot match, so
+    the build solves the layer inside that base, writes the lock into the build context, says what changed and how
+    to commit it, and builds; a second build solves nothing; LOCKED=1 refuses the committed lock instead."""
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    committed = (REPO / "images" / "torch-ngc" / "requirements.lock").read_text()
+    result = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}")
+    resolved = (images / "torch-ngc" / "requirements.lock").read_text()
+    assert re.search(r"^# base: (.+)$", resolved, re.M).group(1) == base_fingerprint(STANDIN_NGC_RESTRICTED, "show")
+    assert (REPO / "images" / "torch-ngc" / "requirements.lock").read_text() == committed  # the working tree is untouched
+    before, after = pins(committed), pins(resolved)
+    added, removed = after.keys() - before.keys(), before.keys() - after.keys()
+    moved = [name for name in after.keys() & before.keys() if before[name] != after[name]]
+    lines = result.stdout.splitlines()
+    summary = next(line for line in lines if line.startswith("re-solved images/torch-ngc/requirements.lock: "))
+    assert summary.startswith(
+        f"re-solved images/torch-ngc/requirements.lock: {len(after)} packages the base lacks; against the lock it "
+        f"replaces: {len(added)} added"
+    )
+    assert f", {len(removed)} removed" in summary and f", {len(moved)} changed" in summary
+    assert (
+        "commit it: git add images/torch-ngc/requirements.lock && "
+        f"git commit -m 'torch-ngc: lock re-solved for {STANDIN_NGC_RESTRICTED}'" in lines
+    )
+    base = freeze(STANDIN_NGC_RESTRICTED)
+    installed = freeze(f"{RESTRICTED_PREFIX}torch-ngc:latest")
+    assert {name: installed.get(name) for name in base} == base  # no package of that base changed version
+    assert {name: installed.get(name) for name in after} == after  # the re-solved lock is what got installed
+    built = docker("image", "inspect", "--format", "{{.Id}}", f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout.strip()
+
+    again = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}")
+    assert "images/torch-ngc/requirements.lock: solved against this base" in again.stdout
+    assert "re-solv" not in again.stdout
+    assert (images / "torch-ngc" / "requirements.lock").read_text() == resolved
+
+    print("\n".join(line for line in result.stdout.splitlines() if "solv" in line or "commit it" in line))
+    strict = tmp_path / "strict"  # the committed lock again, in a copy: a broken refusal must not re-solve the tree's
+    shutil.copytree(REPO / "images", strict)
+    refused = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={strict}", locked="1", check=False)
+    assert refused.returncode != 0
+    error = one_error(refused.stdout + refused.stderr, "images/torch-ngc/requirements.lock")
+    assert f"{STANDIN_NGC_RESTRICTED} has {base_fingerprint(STANDIN_NGC_RESTRICTED, 'show')}" in error
+    assert docker("image", "inspect", "--format", "{{.Id}}", f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout.strip() == built
+    assert (strict / "torch-ngc" / "requirements.lock").read_text() == committed
+
+
+def test_a_re_solve_that_conflicts_with_the_base_is_one_line_and_builds_nothing(built_images, restricted_images, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    source = images / "torch-ngc" / "requirements.in"
+    source.write_text(source.read_text() + "numpy==2.0.2\n")  # the base has numpy 1.26.4
+    lock = (images / "torch-ngc" / "requirements.lock").read_text()
+    before = docker("images", "--quiet", f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout
+    result = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}", check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: images/torch-ngc/requirements.in: cannot be solved on this base: "
+        "The user requested numpy==2.0.2; The user requested (constraint) numpy==1.26.4"
+    ], result.stdout[-2000:] + result.stderr[-2000:]
+    assert "DOCKER_BUILDKIT=1" not in result.stdout
+    assert (images / "torch-ngc" / "requirements.lock").read_text() == lock  # nothing written
+    assert docker("images", "--quiet", f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout == before  # nothing built
 
 
 def test_pip_cannot_replace_a_package_of_the_base(built_images):
@@ -125,8 +231,8 @@ def test_make_lock_images_solves_each_layer_inside_the_base(built_images, base_p
     make("lock-images", f"LOCK_LAYERS={' '.join(NGC_LAYERS)}", f"IMAGES_DIR={images}", timeout=900)
     for layer in NGC_LAYERS:
         lock = (images / layer / "requirements.lock").read_text()
-        committed = (REPO / "images" / layer / "requirements.lock").read_text()
-        assert re.search(r"^# base: .+$", lock, re.M).group(0) == re.search(r"^# base: .+$", committed, re.M).group(0)
+        # the committed cutoff makes the solve reproducible on any later day: the same lock, byte for byte
+        assert lock == (REPO / "images" / layer / "requirements.lock").read_text(), layer
         pinned = re.findall(r"^([a-z0-9-]+)==", lock, re.M)
         assert not set(pinned) & set(base_packages)  # only what the base lacks
         for name in re.findall(r"^([a-z0-9-]+)", (REPO / "images" / layer / "requirements.in").read_text(), re.M):
