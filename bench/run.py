@@ -184,8 +184,7 @@ def benchmark(args, scratch: Path) -> dict:
     prepare_seconds = time.perf_counter() - start
     cache, rows = splits.train.cache, splits.train.rows
     baseline_data = BaselineDataset([cache.root / cache.files[j] for j in rows], cache.labels[rows].tolist())
-    proc = loop.Process(0, 1, device)
-    torch.backends.cudnn.benchmark = True
+    proc = loop.Process(0, 1, device)  # cudnn.benchmark off, as in training: same steady speed, no per-shape autotuning
 
     epochs, loaders = itertools.count(), {}  # every pass gets a fresh shuffle, as in training
 
