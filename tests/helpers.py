@@ -106,7 +106,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def without_timings(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")} for r in history]
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds", "elapsed_s")} for r in history]
 
 
 def weights(checkpoint_path: Path) -> dict:

@@ -11,9 +11,10 @@ import torch
 from helpers import PROJECTS, SMALL, assert_same_weights, main_in_process, read_metrics, single_run_dir, without_timings
 from PIL import Image
 
+from eurosat.timeline import Timeline
 from eurosat.training import cpu_has_native_bf16
 
-EPOCH_KEYS = {"epoch", "loss", "acc", "val_loss", "val_acc", "val_samples", "images_per_s", "seconds"}
+EPOCH_KEYS = {"epoch", "loss", "acc", "val_loss", "val_acc", "val_samples", "images_per_s", "seconds", "elapsed_s"}
 
 
 @pytest.fixture(scope="module", params=PROJECTS)
@@ -37,6 +38,12 @@ def test_trains_clearly_above_chance_and_writes_the_run_directory(trained):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["epochs"] == 2 and summary["best"]["val_acc"] == max(r["val_acc"] for r in history)
+    timeline = summary["timeline"]  # seconds from process start (here pytest's) to each milestone, in order
+    milestones = [timeline[f"{name}_s"] for name in ("data_ready", "model_built", "first_step", "first_epoch")]
+    assert 0 < milestones[0] <= milestones[1] <= milestones[2] <= milestones[3] == timeline["epoch_end_s"][0]
+    assert timeline["epoch_end_s"] == sorted(timeline["epoch_end_s"]) == [r["elapsed_s"] for r in history]
+    assert timeline["epoch_end_s"][-1] <= timeline["finished_s"]
+    assert Timeline.line(timeline) in result.stdout.splitlines()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["project"] == project and config["model"] == "resnet10t" and config["world_size"] == 1
     assert config["bands_resolved"] == [3, 2, 1] and config["scale"] == 4000.0

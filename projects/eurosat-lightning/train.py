@@ -116,11 +116,13 @@ def fit(run: lifecycle.Run) -> None:
     datamodule = EuroSATDataModule(config)
     datamodule.prepare_data()
     datamodule.setup()
+    run.timeline.mark("data_ready")
     pl.seed_everything(config["seed"], verbose=False)
     data = datamodule.data
     module = EuroSATClassifier(
         config["model"], list(data.classes), list(data.bands), data.scale, config["lr"], config["pretrained"], config["weights"]
     )
+    run.timeline.mark("model_built")  # on the CPU: Lightning moves it to the device when fit starts
     precision = config["precision"]
     if precision == "auto":
         precision = PRECISIONS[autocast_dtype("auto", device)]

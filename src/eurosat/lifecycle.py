@@ -40,6 +40,7 @@ from eurosat.runs import (
     save_checkpoint,
     write_json,
 )
+from eurosat.timeline import Timeline
 from eurosat.tracking import MlflowTracker, previous_run_id
 from eurosat.tracking import default_uri as default_tracking_uri
 from eurosat.training import restore_rng_state, rng_state
@@ -135,6 +136,7 @@ class Run:
         self.is_main = False
         self.writer = None
         self.tracker: MlflowTracker | None = None
+        self.timeline = Timeline()  # the project marks data_ready, model_built and first_step; epochs mark themselves
 
     @classmethod
     def open(cls, experiment: Experiment, args) -> Run:
@@ -204,6 +206,7 @@ class Run:
     def end_epoch(self, record: dict) -> bool:
         """Append an epoch's record (metrics.jsonl, TensorBoard, the epoch line); True when it is the best yet."""
         best = record["val_acc"] > self.best_val_acc
+        record = {**record, "elapsed_s": self.timeline.epoch_end()}  # seconds from process start
         self.history.append(record)
         if self.is_main:
             self.metrics.append(record)
@@ -245,7 +248,9 @@ class Run:
     def finish(self) -> None:
         if self.is_main:
             self.writer.close()
-            self.metrics.write_summary(self.history, run_dir=str(self.directory))
+            timeline = self.timeline.summary()
+            self.metrics.write_summary(self.history, run_dir=str(self.directory), timeline=timeline)
+            print(self.timeline.line(timeline))
             print(f"run directory: {self.directory}")
 
 

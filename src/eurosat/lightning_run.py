@@ -75,6 +75,7 @@ class RunCallback(pl.Callback):
         trainer.strategy.barrier()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.run.timeline.mark("first_step", module.device)  # once per process
         step = batch_idx + 1
         loader = trainer.train_dataloader
         loader.batches_done = step  # the position its state_dict gives the checkpoint
