@@ -25,6 +25,7 @@ from helpers import (
 )
 
 from eurosat import manifest
+from eurosat.timeline import Timeline
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,11 @@ def test_command_line_run_records_what_ran(project, sample_dir, tmp_path):
     result = run_project(project, "--data", sample_dir, "--out", tmp_path, "--epochs", "1", *SMALL)  # train: the default
     run_dir = single_run_dir(tmp_path)
     assert "Epoch 1/1 loss " in result.stdout and "Traceback" not in result.stderr
+    for noise in ("litlogger", "`weights_only` was not set", "LeafSpec"):  # Lightning's, silenced at the source
+        assert noise not in result.stdout + result.stderr
+    timeline = json.loads((run_dir / "metrics.json").read_text())["timeline"]  # from this process's own start
+    assert 0 < timeline["data_ready_s"] <= timeline["first_step_s"] <= timeline["finished_s"] < 600
+    assert Timeline.line(timeline) in result.stdout
     record = json.loads((run_dir / "provenance.json").read_text())
     assert record["versions"]["torch"] and record["versions"]["timm"] and record["versions"]["pytorch_lightning"]
     assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)

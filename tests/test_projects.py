@@ -12,7 +12,7 @@ from helpers import PROJECTS, SMALL, assert_same_weights, main_in_process, read_
 from PIL import Image
 
 from eurosat.timeline import Timeline
-from eurosat.training import cpu_has_native_bf16
+from eurosat.training import cpu_has_native_bf16, set_matmul_precision
 
 EPOCH_KEYS = {"epoch", "loss", "acc", "val_loss", "val_acc", "val_samples", "images_per_s", "seconds", "elapsed_s"}
 
@@ -126,3 +126,15 @@ def test_a_checkpoint_or_run_of_another_project_is_one_line(trained, tmp_path):
     torch.save({"weights": {}}, tmp_path / "foreign.ckpt")
     result = main_in_process(project, "evaluate", tmp_path / "foreign.ckpt", check=False)
     assert_one_line(result, "foreign.ckpt is not a checkpoint written by a train.py of this repository's projects")
+
+
+def test_float32_matmul_precision_is_decided_for_gpus_only():
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        set_matmul_precision(torch.device("cpu"))
+        assert torch.get_float32_matmul_precision() == "highest"
+        set_matmul_precision(torch.device("cuda"))  # TF32 where the GPU has it, so Lightning has no hint to print
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -24,7 +24,7 @@ from eurosat.datasets import BatchLoader, load_configured_splits, resident_devic
 from eurosat.gpu import resolve_device
 from eurosat.lightning_run import trainer_settings
 from eurosat.models import build_model
-from eurosat.training import autocast_dtype
+from eurosat.training import autocast_dtype, set_matmul_precision
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
 PRECISIONS = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed", None: "32-true"}
@@ -113,6 +113,7 @@ def fit(run: lifecycle.Run) -> None:
     # a forking strategy needs CUDA uninitialised in this process, so the GPUs' architectures go unchecked
     forks = any(word in config["strategy"] for word in ("fork", "notebook"))
     device = resolve_device(config["device"], inspect_gpus=not forks)
+    set_matmul_precision(device)
     datamodule = EuroSATDataModule(config)
     datamodule.prepare_data()
     datamodule.setup()

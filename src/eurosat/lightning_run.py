@@ -10,7 +10,9 @@ epochs, `val_loss`, `val_acc` and `val_samples` on validation epochs.
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -20,6 +22,19 @@ from torchmetrics import Metric
 from eurosat.lifecycle import Run
 from eurosat.runs import load_checkpoint, save_checkpoint
 from eurosat.training import restore_rng_state
+
+
+class _WithoutAdverts(logging.Filter):
+    """Lightning's tip to install litlogger, printed at every Trainer's start, tells a user nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_WithoutAdverts())
+# pytorch-lightning 2.6 still uses a torch.utils._pytree API that torch 2.9+ deprecates: a warning for Lightning, not
+# for the user, printed on every run
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 class RunCheckpointIO(TorchCheckpointIO):
@@ -66,9 +81,9 @@ class RunCallback(pl.Callback):
         for metric in metrics:
             metric.sync()
         try:
-            trainer.save_checkpoint(self.folder / "last.ckpt")
+            trainer.save_checkpoint(self.folder / "last.ckpt", weights_only=False)  # said, so Lightning need not say it
             if best:
-                trainer.save_checkpoint(self.folder / "best.ckpt")
+                trainer.save_checkpoint(self.folder / "best.ckpt", weights_only=False)
         finally:
             for metric in metrics:
                 metric.unsync()

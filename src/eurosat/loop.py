@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from eurosat.datasets import to_input
 from eurosat.gpu import resolve_device
+from eurosat.training import set_matmul_precision
 
 SYNC_EVERY = 10  # steps between host syncs (progress bar, stop requests under DDP): each one waits for the device
 
@@ -35,6 +36,7 @@ class Process:
 def setup_process(device_choice: str) -> Process:
     """One process per device; torchrun sets WORLD_SIZE, RANK and LOCAL_RANK."""
     device = resolve_device(device_choice)
+    set_matmul_precision(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Process(0, 1, device)

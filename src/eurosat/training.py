@@ -19,6 +19,14 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def set_matmul_precision(device: torch.device) -> None:
+    """On a GPU, float32 matrix products may use TF32 ("high"), decided here rather than left to torch's default
+    ("highest") and Lightning's hint about it: the models train under bf16/fp16 autocast, and cuDNN's convolutions
+    use TF32 by default anyway. On the CPU nothing changes."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
 def autocast_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     """--precision as an autocast dtype (None: fp32). auto: bf16 on GPUs that have it (no gradient scaler
     needed), else fp16 (with one); on the CPU bf16 where it is native, else fp32."""
