@@ -134,51 +134,56 @@ def pins(lock: str) -> dict[str, str]:
     return dict(re.findall(r"^([a-z0-9-]+)==(\S+) ", lock, re.M))
 
 
-def test_a_lock_for_another_base_is_re_solved_inside_it_then_built(built_images, restricted_images, tmp_path):
-    """NGC's real constraint file may pin only numba and llvmlite: the committed lock's fingerprint cannot match, so
-    the build solves the layer inside that base, writes the lock into the build context, says what changed and how
-    to commit it, and builds; a second build solves nothing; LOCKED=1 refuses the committed lock instead."""
+def restricted_id(layer: str) -> str:
+    return docker("image", "inspect", "--format", "{{.Id}}", f"{RESTRICTED_PREFIX}{layer}:latest").stdout.strip()
+
+
+def test_locks_for_another_base_are_re_solved_inside_it_then_built(built_images, restricted_images, tmp_path):
+    """NGC's real constraint file may pin only numba and llvmlite: the committed locks' fingerprints cannot match, so
+    `make image-jupyter` solves each NGC layer inside the base it is built on (torch-ngc, then lightning on that,
+    then jupyter), writes each lock into the build context, says what changed and how to commit it, and builds; a
+    second build solves nothing; LOCKED=1 refuses the committed lock instead."""
     images = tmp_path / "images"
     shutil.copytree(REPO / "images", images)
-    committed = (REPO / "images" / "torch-ngc" / "requirements.lock").read_text()
-    result = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}")
-    resolved = (images / "torch-ngc" / "requirements.lock").read_text()
-    assert re.search(r"^# base: (.+)$", resolved, re.M).group(1) == base_fingerprint(STANDIN_NGC_RESTRICTED, "show")
-    assert (REPO / "images" / "torch-ngc" / "requirements.lock").read_text() == committed  # the working tree is untouched
-    before, after = pins(committed), pins(resolved)
-    added, removed = after.keys() - before.keys(), before.keys() - after.keys()
-    moved = [name for name in after.keys() & before.keys() if before[name] != after[name]]
-    lines = result.stdout.splitlines()
-    summary = next(line for line in lines if line.startswith("re-solved images/torch-ngc/requirements.lock: "))
-    assert summary.startswith(
-        f"re-solved images/torch-ngc/requirements.lock: {len(after)} packages the base lacks; against the lock it "
-        f"replaces: {len(added)} added"
-    )
-    assert f", {len(removed)} removed" in summary and f", {len(moved)} changed" in summary
-    assert (
-        "commit it: git add images/torch-ngc/requirements.lock && "
-        f"git commit -m 'torch-ngc: lock re-solved for {STANDIN_NGC_RESTRICTED}'" in lines
-    )
-    base = freeze(STANDIN_NGC_RESTRICTED)
-    installed = freeze(f"{RESTRICTED_PREFIX}torch-ngc:latest")
-    assert {name: installed.get(name) for name in base} == base  # no package of that base changed version
-    assert {name: installed.get(name) for name in after} == after  # the re-solved lock is what got installed
-    built = docker("image", "inspect", "--format", "{{.Id}}", f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout.strip()
-
-    again = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}")
-    assert "images/torch-ngc/requirements.lock: solved against this base" in again.stdout
-    assert "re-solv" not in again.stdout
-    assert (images / "torch-ngc" / "requirements.lock").read_text() == resolved
-
+    committed = {layer: (REPO / "images" / layer / "requirements.lock").read_text() for layer in NGC_LAYERS}
+    result = make_on_restricted("image-jupyter", f"IMAGES_DIR={images}")
     print("\n".join(line for line in result.stdout.splitlines() if "solv" in line or "commit it" in line))
+    lines = result.stdout.splitlines()
+    base = freeze(STANDIN_NGC_RESTRICTED)
+    for layer in NGC_LAYERS:
+        resolved = (images / layer / "requirements.lock").read_text()
+        parent = STANDIN_NGC_RESTRICTED if PARENT[layer] == STANDIN_NGC else PARENT[layer].replace("eurosat/", RESTRICTED_PREFIX)
+        assert re.search(r"^# base: (.+)$", resolved, re.M).group(1) == base_fingerprint(parent, "show"), layer
+        assert (REPO / "images" / layer / "requirements.lock").read_text() == committed[layer]  # the tree is untouched
+        before, after = pins(committed[layer]), pins(resolved)
+        added, removed = after.keys() - before.keys(), before.keys() - after.keys()
+        moved = [name for name in after.keys() & before.keys() if before[name] != after[name]]
+        name = f"images/{layer}/requirements.lock"
+        summary = next(line for line in lines if line.startswith(f"re-solved {name}: "))
+        assert summary.startswith(
+            f"re-solved {name}: {len(after)} packages the base lacks; against the lock it replaces: {len(added)} added"
+        )
+        assert f", {len(removed)} removed" in summary and f", {len(moved)} changed" in summary
+        assert f"commit it: git add {name} && git commit -m '{layer}: lock re-solved for {STANDIN_NGC_RESTRICTED}'" in lines
+        installed = freeze(f"{RESTRICTED_PREFIX}{layer}:latest")
+        assert {name: installed.get(name) for name in base} == base  # no package of that base changed version
+        assert {name: installed.get(name) for name in after} == after  # the re-solved lock is what got installed
+    built = restricted_id("jupyter")
+
+    again = make_on_restricted(*(f"image-{layer}" for layer in NGC_LAYERS), f"IMAGES_DIR={images}")
+    for layer in NGC_LAYERS:
+        assert f"images/{layer}/requirements.lock: solved against this base" in again.stdout
+    assert "re-solv" not in again.stdout and restricted_id("jupyter") == built
+
     strict = tmp_path / "strict"  # the committed lock again, in a copy: a broken refusal must not re-solve the tree's
     shutil.copytree(REPO / "images", strict)
+    torch_ngc = restricted_id("torch-ngc")
     refused = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={strict}", locked="1", check=False)
     assert refused.returncode != 0
     error = one_error(refused.stdout + refused.stderr, "images/torch-ngc/requirements.lock")
     assert f"{STANDIN_NGC_RESTRICTED} has {base_fingerprint(STANDIN_NGC_RESTRICTED, 'show')}" in error
-    assert docker("image", "inspect", "--format", "{{.Id}}", f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout.strip() == built
-    assert (strict / "torch-ngc" / "requirements.lock").read_text() == committed
+    assert restricted_id("torch-ngc") == torch_ngc
+    assert (strict / "torch-ngc" / "requirements.lock").read_text() == committed["torch-ngc"]
 
 
 def test_a_re_solve_that_conflicts_with_the_base_is_one_line_and_builds_nothing(built_images, restricted_images, tmp_path):
