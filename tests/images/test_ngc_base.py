@@ -113,9 +113,9 @@ def test_locked_refuses_a_lock_solved_against_another_base_in_one_line(built_ima
 RESTRICTED_PREFIX = "eurosat-restricted/"
 
 
-def make_on_restricted(*args: str, locked: str = "", check: bool = True):
+def make_on_restricted(*args: str, locked: str = "", check: bool = True, ngc_base: str = STANDIN_NGC_RESTRICTED):
     """make with the restricted stand-in as NGC_BASE, images under their own names, LOCKED unset (uv sync's default)."""
-    settings = [*make_settings(), f"NGC_BASE={STANDIN_NGC_RESTRICTED}", f"IMAGE_PREFIX={RESTRICTED_PREFIX}", f"LOCKED={locked}"]
+    settings = [*make_settings(), f"NGC_BASE={ngc_base}", f"IMAGE_PREFIX={RESTRICTED_PREFIX}", f"LOCKED={locked}"]
     result = subprocess.run(["make", *args, *settings], cwd=REPO, capture_output=True, text=True, timeout=1800)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -184,6 +184,41 @@ def test_locks_for_another_base_are_re_solved_inside_it_then_built(built_images,
     assert f"{STANDIN_NGC_RESTRICTED} has {base_fingerprint(STANDIN_NGC_RESTRICTED, 'show')}" in error
     assert restricted_id("torch-ngc") == torch_ngc
     assert (strict / "torch-ngc" / "requirements.lock").read_text() == committed["torch-ngc"]
+
+
+def test_a_base_whose_own_packages_fail_pip_check_still_builds(built_images, restricted_images, tmp_path):
+    """NVIDIA's builds may declare requirements that pip check flags (PyPI's jupyterlab-tensorboard-pro 4.0.0, a
+    version 25.10 ships as its own build, requires tornado<=6.2 against NGC's 6.5.2): a layer fails only for
+    problems it adds, and says which ones the base already had."""
+    broken = f"{RESTRICTED_PREFIX}standin-ngc:broken-pip-check"
+    install = "pip install --quiet --no-deps jupyterlab-tensorboard-pro==4.0.0"
+    container = docker("run", "-d", "--user", "root", *pip_network(), "--entrypoint", "sh", STANDIN_NGC, "-c", install)
+    container_id = container.stdout.strip()
+    assert docker("wait", container_id, timeout=600).stdout.strip() == "0", docker("logs", container_id).stderr
+    docker("commit", container_id, broken)
+    docker("rm", container_id)
+    problem = "jupyterlab-tensorboard-pro 4.0.0 has requirement tornado<=6.2, but you have tornado 6.5.2."
+    assert problem in sh(broken, "pip check", check=False).stdout
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    result = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}", ngc_base=broken)
+    assert f"pip check: only the base's own problems, unchanged: {problem}" in result.stdout + result.stderr
+
+
+def test_a_layer_that_breaks_pip_check_fails_its_build(built_images, tmp_path):
+    """The other side: a problem the layer itself brings stops the build, and the previous image stays."""
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    lock = images / "jupyter" / "requirements.lock"  # PyPI's wheel, installed --no-deps as a lock does
+    digest = "aa283ee14aaed8c4b9780c178f9b5cbeeb88f2d72160b9db900d2b83ccf815d9"
+    wheel = f"jupyterlab-tensorboard-pro==4.0.0 \\\n    --hash=sha256:{digest}\n"
+    lock.write_text(lock.read_text() + wheel)
+    before = image_id("jupyter")
+    result = make("image-jupyter", f"IMAGES_DIR={images}", "LOCKED=1", check=False)
+    assert result.returncode != 0
+    error = one_error(result.stdout + result.stderr, "images/jupyter/requirements.lock breaks pip check")
+    assert "jupyterlab-tensorboard-pro 4.0.0 has requirement tornado<=6.2" in error
+    assert image_id("jupyter") == before
 
 
 def test_a_re_solve_that_conflicts_with_the_base_is_one_line_and_builds_nothing(built_images, restricted_images, tmp_path):
