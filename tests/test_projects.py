@@ -138,3 +138,22 @@ def test_float32_matmul_precision_is_decided_for_gpus_only():
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_the_model_meets_one_training_shape_and_one_evaluation_shape(project, sample_dir, tmp_path):
+    """Batch 20 divides neither split (432 train, 108 val): the last batches are the ones that used to differ."""
+    shapes = set()
+
+    def record(module, inputs):
+        if hasattr(module, "pretrained_cfg"):  # the timm model itself, not its layers
+            shapes.add(("train" if module.training else "eval", tuple(inputs[0].shape)))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        args = ["--model", "resnet10t", "--batch-size", "20", "--epochs", "1", "--data", sample_dir, "--out", tmp_path]
+        main_in_process(project, "train", *args)
+    finally:
+        hook.remove()
+    assert shapes == {("train", (20, 3, 64, 64)), ("eval", (20, 3, 64, 64))}
+    assert read_metrics(single_run_dir(tmp_path))[0]["val_samples"] == 108

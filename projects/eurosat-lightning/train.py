@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from eurosat import lifecycle
 from eurosat.cache import prepare
 from eurosat.cli import positive_int
-from eurosat.datasets import BatchLoader, load_configured_splits, resident_device, to_input
+from eurosat.datasets import IGNORE_INDEX, BatchLoader, load_configured_splits, resident_device, to_input
 from eurosat.gpu import resolve_device
 from eurosat.lightning_run import trainer_settings
 from eurosat.models import build_model
@@ -60,7 +60,7 @@ class EuroSATDataModule(pl.LightningDataModule):
     def train_dataloader(self):  # padded shards, reshuffled each epoch
         return self._loader(self.data.train, shuffle=True)
 
-    def val_dataloader(self):  # unpadded shards: every validation image is counted exactly once
+    def val_dataloader(self):  # every validation image is counted exactly once: the padding is labelled IGNORE_INDEX
         return self._loader(self.data.val, shuffle=False)
 
 
@@ -74,7 +74,7 @@ class EuroSATClassifier(pl.LightningModule):
         # checkpoint keeps the epoch's running totals
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.train_acc = MulticlassAccuracy(len(classes), average="micro")
-        self.val_acc = MulticlassAccuracy(len(classes), average="micro")
+        self.val_acc = MulticlassAccuracy(len(classes), average="micro", ignore_index=IGNORE_INDEX)
         self.val_samples = SumMetric()
         for metric in (self.train_loss, self.train_acc):
             metric.persistent(True)
@@ -85,7 +85,7 @@ class EuroSATClassifier(pl.LightningModule):
     def shared_step(self, batch):
         images, labels = batch
         logits = self(images)
-        return F.cross_entropy(logits, labels), logits.argmax(1), labels
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX), logits.argmax(1), labels
 
     def training_step(self, batch, batch_idx):
         loss, preds, labels = self.shared_step(batch)
@@ -96,10 +96,11 @@ class EuroSATClassifier(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, preds, labels = self.shared_step(batch)
-        self.val_loss.update(loss, len(labels))
+        loss, preds, labels = self.shared_step(batch)  # the last batch is padded to the batch shape: count the images
+        images = (labels != IGNORE_INDEX).sum()
+        self.val_loss.update(loss, images)
         self.val_acc.update(preds, labels)
-        self.val_samples.update(len(labels))
+        self.val_samples.update(images)
         self.log("val_loss", self.val_loss, prog_bar=True)
         self.log("val_acc", self.val_acc, prog_bar=True)
         self.log("val_samples", self.val_samples)

@@ -30,15 +30,23 @@ class CachedSubset:
         return torch.from_numpy(self.cache.labels[self.rows])
 
 
+IGNORE_INDEX = -100  # the label of padding: F.cross_entropy's default ignore_index, never a predicted class
+
+
 class BatchLoader:
     """Yields (raw images, labels) batches by one gather each from the split held in memory: no per-image
     Python, no collate, no worker processes. On a GPU the split can live on the device, so a batch never
     crosses the PCIe bus.
 
-    shuffle=True orders and shards like DistributedSampler (a permutation seeded by seed + epoch, padded so
-    every rank takes the same number of steps); shuffle=False takes unpadded strided shards, so each
-    validation image is counted exactly once across ranks. set_epoch(epoch, skip_batches) starts an epoch
-    part way through, for resuming from a mid-epoch checkpoint.
+    Every batch has one shape, so that a GPU meets one input shape for training and one for evaluation (each new
+    shape costs kernel selection, autotuning, and under torch.compile a recompile):
+    - shuffle=True orders and shards like DistributedSampler (a permutation seeded by seed + epoch), padded with
+      the permutation's first images so that every rank takes the same number of whole batches: an epoch covers
+      every image, and up to batch_size - 1 of them twice.
+    - shuffle=False takes strided shards, each validation image once across ranks; the last batch is filled up
+      with copies of its first image labelled IGNORE_INDEX, which losses, accuracies and counts leave out.
+    The batch size is capped at a rank's share of the split. set_epoch(epoch, skip_batches) starts an epoch part
+    way through, for resuming from a mid-epoch checkpoint.
     """
 
     def __init__(
@@ -54,7 +62,8 @@ class BatchLoader:
         for_cuda: bool = False,
     ):
         """device: where the split is held (None: host memory); for_cuda: batches go to a GPU (pinned, int16)."""
-        self.batch_size, self.shuffle, self.seed, self.rank, self.world_size = batch_size, shuffle, seed, rank, world_size
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.batch_size = max(1, min(batch_size, math.ceil(len(subset) / world_size)))
         self.device = device or torch.device("cpu")
         # NHWC in memory: a gathered batch viewed as NCHW is already channels_last, so no copy is needed for it
         self.images = as_tensor(subset.images().transpose(0, 2, 3, 1), for_cuda).contiguous().to(self.device)
@@ -80,24 +89,32 @@ class BatchLoader:
         if not self.shuffle:
             return torch.arange(self.rank, size, self.world_size)
         order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        total = math.ceil(size / self.world_size) * self.world_size
+        total = len(self) * self.batch_size * self.world_size
         return order.repeat(math.ceil(total / size))[:total][self.rank : total : self.world_size]
 
-    @property
-    def samples(self) -> int:
-        """Samples this rank takes per epoch, padding included."""
+    def shard_size(self) -> int:
+        """Distinct samples this rank takes per epoch."""
         size = len(self.labels)
         return math.ceil(size / self.world_size) if self.shuffle else len(range(self.rank, size, self.world_size))
 
+    @property
+    def samples(self) -> int:
+        """Samples this rank trains on per epoch, padding included (evaluation: without its IGNORE_INDEX padding)."""
+        return len(self) * self.batch_size if self.shuffle else self.shard_size()
+
     def __len__(self) -> int:
-        return math.ceil(self.samples / self.batch_size)
+        return math.ceil(self.shard_size() / self.batch_size)
 
     def __iter__(self):
         order = self.order().to(self.device)
         for start in range(self.skip_batches * self.batch_size, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            images = self.images[batch]
-            yield (images.pin_memory() if self.pin_memory else images).permute(0, 3, 1, 2), self.labels[batch]
+            images, labels = self.images[batch], self.labels[batch]
+            if len(batch) < self.batch_size:  # evaluation's last batch, filled up to the one shape
+                fill = self.batch_size - len(batch)
+                images = torch.cat([images, images[:1].expand(fill, *images.shape[1:])])
+                labels = torch.cat([labels, labels.new_full((fill,), IGNORE_INDEX)])
+            yield (images.pin_memory() if self.pin_memory else images).permute(0, 3, 1, 2), labels
 
 
 def as_tensor(images: np.ndarray, for_cuda: bool = False) -> torch.Tensor:

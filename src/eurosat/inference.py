@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from eurosat.datasets import BatchLoader, as_tensor, load_configured_splits, to_input
+from eurosat.datasets import IGNORE_INDEX, BatchLoader, as_tensor, load_configured_splits, to_input
 from eurosat.errors import UserError
 from eurosat.files import IMAGE_FORMATS
 from eurosat.reading import read_image
@@ -15,16 +15,16 @@ from eurosat.reading import read_image
 
 @torch.no_grad()
 def evaluate(model, loader, scale: float, device: torch.device, amp_dtype=None) -> torch.Tensor:
-    """Summed loss, correct predictions and sample count over the loader, as one tensor on the device."""
+    """Summed loss, correct predictions and sample count over the loader (padding left out), as one tensor on the device."""
     model.eval()
     totals = torch.zeros(3, device=device, dtype=torch.float64)
     for images, labels in loader:
         x, y = to_input(images, scale, device), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
-        totals[0] += F.cross_entropy(logits.float(), y, reduction="sum")
-        totals[1] += (logits.argmax(1) == y).sum()
-        totals[2] += len(y)
+        totals[0] += F.cross_entropy(logits.float(), y, reduction="sum", ignore_index=IGNORE_INDEX)
+        totals[1] += (logits.argmax(1) == y).sum()  # padding's label is never a prediction
+        totals[2] += (y != IGNORE_INDEX).sum()
     return totals
 
 
