@@ -60,17 +60,20 @@ RUNNER ?= $(if $(shell $(DOCKER) info --format '{{.ServerVersion}}' 2>/dev/null)
 GPUS ?=
 NODES ?= 1
 CACHE_DIR ?= .cache/eurosat
-# Pretrained weights (Hugging Face hub, torch hub) in one host folder: local runs use it, containers mount it at /models
+# Pretrained weights (Hugging Face hub, torch hub) and torch.compile's kernels (Inductor, Triton) in one host folder:
+# local runs use it, containers mount it at /models, so that a second run reuses both
 MODEL_CACHE ?= .cache/models
 export HF_HOME := $(abspath $(MODEL_CACHE))/huggingface
 export TORCH_HOME := $(abspath $(MODEL_CACHE))/torch
+export TORCHINDUCTOR_CACHE_DIR := $(abspath $(MODEL_CACHE))/inductor
+export TRITON_CACHE_DIR := $(abspath $(MODEL_CACHE))/triton
 
 VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 # Node tools (package-lock.json): the Dev Containers CLI the dev container tests drive
 NODE_STAMP := node_modules/.installed
 
-.PHONY: help venv bench reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
+.PHONY: help venv bench gpu-check reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
 	new-project doctor check-project check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
 	slurm-up slurm-shell slurm-down weights
 
@@ -134,8 +137,13 @@ reproduce: $(VENV_STAMP) ## train a recorded run again, warn about every provena
 	@[[ -n "$(RUN)" ]] || { echo "error: pass RUN=runs/<project>/<run-id> (a run directory to reproduce)" >&2; exit 2; }
 	$(VENV_PY) -m eurosat.reproduce "$(RUN)"
 
-bench: $(VENV_STAMP) ## the articles' baseline vs this project on DATA (ARGS: --device, --model, --batch-size ...)
+bench: $(VENV_STAMP) ## the articles' baseline vs this project on DATA, within --budget (ARGS: --device, --budget ...)
 	$(VENV_PY) bench/run.py --data $(DATA) --project $(PROJECT) $(ARGS)
+
+# Outside the project's images too: the venv's Python when there is one, else PYTHON with the machine's packages
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(VENV_PY)),$(VENV_PY),$(PYTHON))
+gpu-check: ## measure one NVIDIA GPU offline in under 8 minutes; report into bench/results (ARGS: --device cpu ...)
+	PYTHONPATH=src $(GPU_CHECK_PYTHON) scripts/gpu_check.py $(ARGS)
 
 lock: $(VENV_STAMP) ## regenerate requirements.lock (hashes, all platforms) from requirements.in
 	$(VENV_PY) scripts/lock.py compile requirements.in requirements.lock

@@ -1,38 +1,26 @@
 """make bench on the CPU: both pipelines run on the same files and the results are written."""
 
 import json
+import re
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
-from helpers import run
+from helpers import REPO, run
 
 pytestmark = pytest.mark.slow
 
 
+BENCH_ARGS = ["--batch-size", "32", "--workers", "0", "--warmup-steps", "1", "--steps", "3", "--accuracy-epochs", "1"]
+
+
 def test_bench_measures_baseline_and_project_side_by_side(sample_dir, tmp_path):
-    run(
-        sys.executable,
-        "bench/run.py",
-        "--data",
-        sample_dir,
-        "--batch-size",
-        "32",
-        "--workers",
-        "0",
-        "--warmup-epochs",
-        "0",
-        "--model-only-steps",
-        "2",
-        "--accuracy-epochs",
-        "1",
-        "--accuracy-seeds",
-        "42,7",
-        "--no-compile",
-        "--repeats",
-        "1",
-        "--out",
-        tmp_path,
-    )
+    result = run(
+        sys.executable, "bench/run.py", "--data", sample_dir, *BENCH_ARGS, "--accuracy-seeds", "42,7", "--no-compile",
+        "--repeats", "1", "--out", tmp_path,
+    )  # fmt: skip
     (result_file,) = tmp_path.glob("*.json")
     result = json.loads(result_file.read_text())
     assert result["data"] == {"path": str(sample_dir), "synthetic": True, "train_images": 432}  # a make data-sample folder
@@ -48,19 +36,73 @@ def test_bench_measures_baseline_and_project_side_by_side(sample_dir, tmp_path):
     assert {"NCHW, not channels_last", "fp32, no autocast", "a host sync (.item()) every step, not every 10"} <= set(ablation)
     assert all(row["images_per_s"] > 0 for row in ablation.values())
     accuracy = result["time_to_accuracy"]
-    for side in ("baseline", "project"):
+    for side in ("baseline", "project"):  # read from each run's own record of its time
         (epoch,) = accuracy[side]["epochs"]
-        assert epoch["epoch"] == 1 and 0 <= epoch["val_acc"] <= 1 and epoch["seconds"] > accuracy[side]["startup_seconds"] > 0
+        assert epoch["epoch"] == 1 and 0 <= epoch["val_acc"] <= 1
+        assert 0 < accuracy[side]["startup_seconds"] < epoch["seconds"] <= accuracy[side]["finished_seconds"]
     # the first seed's runs in full, then every seed's final accuracy, run by run
     assert accuracy["seed"] == 42 and [f["seed"] for f in accuracy["final_val_acc"]] == [42, 7]
     first = accuracy["final_val_acc"][0]
     for side in ("baseline", "project"):
         assert first[side] == accuracy[side]["epochs"][-1]["val_acc"]
+    budget = result["budget"]  # every row measured, each with its seconds, within the default budget
+    assert budget["skipped"] == [] and budget["stopped"] is None and budget["used_seconds"] < budget["seconds"] == 1200
+    assert [row["name"] for row in budget["rows"]][:4] == [
+        "input pipeline",
+        "project path (the default)",
+        "model only",
+        "baseline training",
+    ]
+    assert len(budget["rows"]) == 4 + 2 + len(ablation) - 1 and all(row["seconds"] > 0 for row in budget["rows"])
     table = result_file.with_suffix(".md").read_text()
     assert "| training end to end, images/s |" in table and "432 train images" in table
     assert "| NCHW, not channels_last |" in table and "| val_acc after epoch 1 (seed 42) |" in table
     assert "| val_acc after epoch 1, seed 7 |" in table and "| mean over the 2 seeds |" in table
     assert result_file.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_keeps_to_its_budget_and_writes_what_it_measured(sample_dir, tmp_path):
+    """A budget too short for every row: the rows that fit are measured, printed as they finish and written; the row
+    running at the deadline is stopped (here a time-to-accuracy pair, in its own processes) and named with the rest."""
+    start = time.monotonic()
+    process = run(
+        sys.executable, "bench/run.py", "--data", sample_dir, *BENCH_ARGS, "--budget", "10", "--no-compile",
+        "--repeats", "1", "--out", tmp_path,
+    )  # fmt: skip
+    wall = time.monotonic() - start
+    (result_file,) = tmp_path.glob("*.json")
+    result = json.loads(result_file.read_text())
+    budget = result["budget"]
+    assert budget["seconds"] == 10 and 10 <= budget["used_seconds"] < 10 + 2  # the deadline stopped the row running
+    assert budget["stopped"] == "out of time" and budget["skipped"]
+    measured = [row["name"] for row in budget["rows"]]
+    order = ["input pipeline", "project path (the default)", "model only", "baseline training", "time to accuracy, seed 42"]
+    assert measured == order[: len(measured)] and len(measured) >= 2 and budget["skipped"][0] == order[len(measured)]
+    assert sum(row["seconds"] for row in budget["rows"]) < 10 and result["training"]["project"]["images_per_s"] > 0
+    for name in measured:
+        assert re.search(rf"^\[ *[0-9.]+ s\] {re.escape(name)}: .* \([0-9.]+ s\)$", process.stderr, re.MULTILINE), name
+    stopped = re.escape(budget["skipped"][0])
+    assert re.search(rf"^\[ *[0-9.]+ s\] stopped: {stopped} \(out of time\)$", process.stderr, re.MULTILINE)
+    table = result_file.with_suffix(".md").read_text()
+    assert f"Not measured (out of time): {budget['skipped'][0]}; " in table and "| input pipeline, samples/s |" in table
+    assert wall < 10 + 60  # imports, the sample's prepare and the report: the budget bounds the rest
+
+
+def test_an_interrupted_bench_writes_what_it_measured(sample_dir, tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "bench/run.py", "--data", str(sample_dir), *BENCH_ARGS, "--out", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in process.stderr:
+        if "] project path (the default): " in line:
+            process.send_signal(signal.SIGINT)
+            break
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 130
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["budget"]["stopped"] == "interrupted"
+    assert [row["name"] for row in result["budget"]["rows"]][:2] == ["input pipeline", "project path (the default)"]
+    assert result["training"]["project"]["images_per_s"] > 0 and "results: " in stdout
 
 
 def test_bench_rejects_a_bad_seed_list(tmp_path):

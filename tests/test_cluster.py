@@ -195,17 +195,20 @@ def test_a_registry_no_runtime_can_read_is_one_line():
 
 
 def test_cluster_files_hand_training_the_weights_cache():
-    """HF_HOME and TORCH_HOME point into the shared models/ folder that `make weights` fills, in every runtime."""
+    """HF_HOME and TORCH_HOME point into the shared models/ folder that `make weights` fills, in every runtime, and
+    torch.compile's Inductor and Triton caches live beside them."""
     project = manifest.default_project()
     out = render(project, 2, 1, "--pretrained")
     job = yaml.safe_load((out / "pytorchjob.yaml").read_text())
     (container,) = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env["HF_HOME"] == "/models/huggingface" and env["TORCH_HOME"] == "/models/torch"
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "/models/inductor" and env["TRITON_CACHE_DIR"] == "/models/triton"
     assert {"name": "workspace", "mountPath": "/models", "subPath": "models", "readOnly": False} in container["volumeMounts"]
 
     text = (out / "slurm.sbatch").read_text()
     assert "MODEL_DIR=${MODEL_DIR:-$REPO_DIR/.cache/models}" in text
     assert "export PYTHONPATH=$workdir/src EUROSAT_CACHE_DIR=$cache HF_HOME=$models/huggingface TORCH_HOME=$models/torch" in text
+    assert "export TORCHINDUCTOR_CACHE_DIR=$models/inductor TRITON_CACHE_DIR=$models/triton" in text
     assert text.count("$MODEL_DIR:/models") == 2  # pyxis and Apptainer mount it; CONTAINER_RUNTIME=none reads it in place
     assert "none) workdir=$REPO_DIR data=$DATA_DIR cache=$CACHE_DIR models=$MODEL_DIR ;;" in text

@@ -111,6 +111,8 @@ def pytorchjob(args, train_args: list[str]) -> dict:
             {"name": "EUROSAT_CACHE_DIR", "value": "/cache"},
             {"name": "HF_HOME", "value": "/models/huggingface"},  # pretrained weights: make weights fills models/
             {"name": "TORCH_HOME", "value": "/models/torch"},
+            {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/models/inductor"},  # torch.compile's kernels, kept
+            {"name": "TRITON_CACHE_DIR", "value": "/models/triton"},
         ],
         "resources": {"limits": {"nvidia.com/gpu": str(args.gpus)}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False},

@@ -94,6 +94,7 @@ def test_the_dev_container_runs_as_the_host_user_with_compose_settings(host_user
     assert mounts["/models"]["Source"] == str(workspace / ".cache" / "models") and mounts["/models"]["RW"]
     env = dict(line.split("=", 1) for line in config["Config"]["Env"])
     assert env["HF_HOME"] == "/models/huggingface" and env["TORCH_HOME"] == "/models/torch"
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "/models/inductor" and env["TRITON_CACHE_DIR"] == "/models/triton"
     assert env["EUROSAT_CACHE_DIR"] == "/cache" and env["PYTHONPATH"] == "/workspace/src"
 
 

@@ -1,0 +1,52 @@
+"""make gpu-check on the CPU with a small data size: every step runs in its own process and the one report is
+written; the --compile run's kernels land in MODEL_CACHE, where a second run would find them."""
+
+import json
+import sys
+
+import pytest
+from helpers import run
+
+pytestmark = pytest.mark.slow
+
+STEPS = ["write data", "train eurosat-amp", "train eurosat-lightning", "deterministic 1", "deterministic 2"]
+STEPS += ["train --compile", "bench"]
+TRAIN = "--model resnet10t --batch-size 32 --epochs 2"
+BENCH = "--batch-size 32 --workers 0 --warmup-steps 1 --steps 2 --accuracy-epochs 1 --repeats 1 --no-compile"
+
+
+def test_gpu_check_runs_every_step_and_writes_one_report(tmp_path):
+    out, models = tmp_path / "results", tmp_path / "models"
+    args = f"--device cpu --fraction 0.005 --out {out} --train-args '{TRAIN}' --bench-args '{BENCH}'"
+    result = run("make", "gpu-check", f"MODEL_CACHE={models}", f"ARGS={args}", f"GPU_CHECK_PYTHON={sys.executable}")
+    (report_file,) = out.glob("gpu-check-*.json")
+    report = json.loads(report_file.read_text())
+    assert [step["name"] for step in report["steps"]] == STEPS and all(step["ok"] for step in report["steps"])
+    assert report["images"] == 133 and report["machine"]["device"] == "cpu" and report["machine"]["torch"]
+    assert {"cuda", "cudnn", "driver", "gpus", "timm", "pytorch_lightning"} <= set(report["machine"])
+    steps = {step["name"]: step for step in report["steps"]}
+    assert steps["deterministic 2"]["identical"] == {"metrics": True, "weights": True}
+    for name in ("train eurosat-amp", "train eurosat-lightning", "train --compile"):
+        step = steps[name]  # read from the run's own record of its time
+        assert len(step["epoch_seconds"]) == 2 and step["first_epoch_ratio"] > 0 and step["steady_images_per_s"] > 0
+        assert 0 < step["timeline"]["data_ready_s"] < step["timeline"]["first_step_s"] < step["timeline"]["finished_s"]
+    assert (out / steps["bench"]["bench"]).is_file() and steps["bench"]["budget"]["skipped"] == []
+    targets = {row["target"]: row for row in report["targets"]}
+    assert len(targets) == 7 and all(row["value"] is not None for row in targets.values())
+    assert targets["eurosat-amp: first epoch / steady epoch <= 1.5"]["value"] == pytest.approx(
+        steps["train eurosat-amp"]["first_epoch_ratio"]
+    )
+    table = report_file.with_suffix(".md").read_text()
+    assert "| train --compile | yes |" in table and "| target | measured | met |" in table
+    assert len(list(report_file.with_suffix("").glob("*.log"))) == len(STEPS)  # each step's output, kept
+    assert any((models / "inductor").rglob("*")), "torch.compile's cache is not in MODEL_CACHE"
+    assert result.stdout.rstrip().splitlines()[-1].startswith(f"report: {report_file}")
+
+
+def test_gpu_check_without_a_gpu_is_one_line(tmp_path):
+    result = run(sys.executable, "scripts/gpu_check.py", "--out", tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: --device cuda: no CUDA GPU is visible to torch here; run on a GPU machine, or --device cpu to try"
+    )
+    assert not list(tmp_path.iterdir())
