@@ -10,6 +10,8 @@ import pytest
 import tifffile
 from helpers import PROJECTS, SMALL, main_in_process, run_project
 
+from eurosat.cache import cache_key
+from eurosat.files import list_files
 from eurosat.sample import write_sample
 
 
@@ -61,10 +63,44 @@ def test_wrong_band_count(project, data, tmp_path):
     assert_one_clear_line(train(project, data, tmp_path / "runs"), "Forest_2.tif", "4 bands", "expected 64x64 with 13")
 
 
+def add_litter(data):
+    """What copying a EuroSAT folder from a Mac, from Windows or through Jupyter brings along."""
+    (data / "Forest" / ".DS_Store").write_bytes(b"\0Bud1")
+    (data / "Forest" / "._Forest_1.tif").write_bytes(b"\0\5\26\7")  # AppleDouble, a TIFF only by name
+    (data / "River" / "Thumbs.db").write_bytes(b"\xd0\xcf")
+    (data / "River" / "desktop.ini").write_text("[.ShellClassInfo]")
+    (data / "SeaLake" / ".ipynb_checkpoints").mkdir()
+    (data / "SeaLake" / ".ipynb_checkpoints" / "x.tif").write_bytes(b"")
+    (data / "__MACOSX" / "Forest").mkdir(parents=True)
+    (data / "__MACOSX" / "Forest" / "._Forest_1.tif").write_bytes(b"\0\5\26\7")
+
+
 @pytest.mark.parametrize("project", PROJECTS)
-def test_junk_non_image_file(project, data, tmp_path):
+def test_os_litter_is_ignored_without_a_word(project, data, tmp_path):
+    add_litter(data)
+    result = train(project, data, tmp_path / "runs")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    assert "40 train / 10 val images" in result.stdout  # 50 images, 10 classes: __MACOSX is no class
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_other_non_image_files_are_skipped_with_one_warning(project, data, tmp_path):
     (data / "Highway" / "notes.txt").write_text("todo")
-    assert_one_clear_line(train(project, data, tmp_path / "runs"), "notes.txt", "not a EuroSAT image")
+    (data / "Pasture" / "extra").mkdir()
+    result = train(project, data, tmp_path / "runs")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    assert result.returncode == 0 and warnings == [
+        f"warning: skipped 2 file(s) in the class folders of {data} that are not .tif or .jpg images "
+        f"(the first: {data / 'Highway' / 'notes.txt'})"
+    ]
+    assert "40 train / 10 val images" in result.stdout
+
+
+def test_ignored_and_skipped_files_leave_the_cache_key_alone(data):
+    before = cache_key(list_files(data), (3, 2, 1))
+    add_litter(data)
+    (data / "Highway" / "notes.txt").write_text("todo")
+    assert cache_key(list_files(data), (3, 2, 1)) == before
 
 
 @pytest.mark.parametrize("project", PROJECTS)

@@ -57,11 +57,64 @@ def test_cache_is_rebuilt_when_the_data_changes(small, tmp_path):
     assert all_bands.path != third.path and all_bands.images.shape[1] == 13
 
 
+def truncate(path, keep: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+
+
+def flip_a_byte(path, offset: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda cache: truncate(cache.path, cache.path.stat().st_size // 2), "unreadable: ValueError: mmap length"),
+        (lambda cache: flip_a_byte(cache.path, cache.path.stat().st_size - 100), "checksum differs"),
+        (lambda cache: truncate(cache.path.with_suffix(".json"), 40), "unreadable: JSONDecodeError"),
+        (lambda cache: cache.path.write_bytes(cache.path.read_bytes() + b"\0" * 64), "bytes holding"),
+    ],
+    ids=["truncated array", "a damaged block", "truncated manifest", "grown array"],
+)
+def test_a_damaged_cache_is_removed_and_built_again_with_one_warning(small, tmp_path, capsys, damage, why):
+    first = prepare(small, "rgb", tmp_path / "cache", progress=False)
+    expected = np.array(first.images)
+    damage(first)
+    capsys.readouterr()
+    again = prepare(small, "rgb", tmp_path / "cache", progress=False)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"warning: the cache {first.path} is damaged (") and why in line
+    assert line.endswith("): removing it and building it again")
+    assert again.path == first.path and np.array_equal(again.images, expected)
+    prepare(small, "rgb", tmp_path / "cache", progress=False)
+    assert capsys.readouterr().err == ""  # healed: the next process uses it without a word
+
+
+def test_processes_meeting_one_damaged_cache_at_once_each_get_a_sound_one(small, tmp_path):
+    first = prepare(small, "rgb", tmp_path / "cache", progress=False)
+    expected = np.array(first.images)
+    truncate(first.path, 1000)
+    code = (
+        "import sys, numpy as np; from eurosat.cache import prepare; "
+        f"c = prepare({str(small)!r}, 'rgb', {str(tmp_path / 'cache')!r}, progress=False); "
+        "np.save(sys.argv[1], np.array(c.images))"
+    )
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"seen{i}.npy")]) for i in range(3)]
+    assert [process.wait(timeout=120) for process in processes] == [0, 0, 0]
+    for i in range(3):
+        assert np.array_equal(np.load(tmp_path / f"seen{i}.npy"), expected)
+    assert prepare(small, "rgb", tmp_path / "cache", progress=False).path == first.path
+
+
 def test_a_failed_build_leaves_no_cache_behind(small, tmp_path):
     (small / "River" / "River_2.tif").write_bytes(b"not a tiff")
     with pytest.raises(UserError, match="River_2.tif"):
         prepare(small, "rgb", tmp_path / "cache", progress=False)
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert [path.name for path in (tmp_path / "cache").iterdir() if path.suffix != ".lock"] == []  # the lock may stay
 
 
 def test_worker_processes_fill_every_row_and_report_a_bad_file(small, tmp_path, monkeypatch):
@@ -74,7 +127,7 @@ def test_worker_processes_fill_every_row_and_report_a_bad_file(small, tmp_path, 
     tifffile.imwrite(small / "Pasture" / "Pasture_3.tif", np.ones((64, 64, 4), np.uint16), photometric="minisblack")
     with pytest.raises(UserError, match="Pasture_3.tif is 64x64 with 4 bands"):
         prepare(small, "all", tmp_path / "other-cache", progress=False)
-    assert list((tmp_path / "other-cache").iterdir()) == []
+    assert [path for path in (tmp_path / "other-cache").iterdir() if path.suffix != ".lock"] == []
 
 
 PREPARE_UNDER_A_FLAG_HANDLER = """

@@ -111,6 +111,21 @@ def test_predict_refuses_an_image_unlike_the_training_images(trained, tmp_path, 
     assert result.stdout == ""  # no prediction at all
 
 
+def test_evaluate_refuses_data_whose_classes_differ_from_the_model(trained, sample_dir, tmp_path):
+    """One class missing would shift every later label by one: a val_acc that means nothing. One line instead."""
+    project, run_dir, _ = trained
+    data = tmp_path / "eurosat"
+    shutil.copytree(sample_dir, data)
+    shutil.rmtree(data / "Highway")
+    result = main_in_process(project, "evaluate", run_dir / "best.ckpt", "--data", data, check=False)
+    expected = f"--data {data}: its classes are not the ones the model was trained on (missing: Highway; extra: none)"
+    assert_one_line(result, expected)
+    assert "val_acc" not in result.stdout
+    shutil.copytree(sample_dir / "Highway", data / "Motorway")  # the class renamed
+    result = main_in_process(project, "evaluate", run_dir / "best.ckpt", "--data", data, check=False)
+    assert_one_line(result, "(missing: Highway; extra: Motorway)")
+
+
 def test_a_checkpoint_or_run_of_another_project_is_one_line(trained, tmp_path):
     project, run_dir, _ = trained
     other_run = tmp_path / "other-run"

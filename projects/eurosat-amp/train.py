@@ -101,11 +101,12 @@ def _fit(run: lifecycle.Run, proc) -> None:
         return {**model_state, "epoch": epoch, "step": step, "epoch_totals": totals}
 
     def after_step(epoch: int):
-        def check(step: int, totals: torch.Tensor) -> None:
+        def check(step: int, totals: torch.Tensor, losses) -> None:
             run.timeline.mark("first_step", proc.device)  # once per process
             every = config["checkpoint_every"]
             stopping = run.stop.agreed(proc.world_size, proc.device, step)
             if stopping or (every and step % every == 0 and step < len(train_loader)):
+                losses.check()  # never a checkpoint of weights a non-finite loss has reached
                 run.save(state(epoch, step, gather_totals(totals, proc)))
             if stopping:
                 raise run.stopped(f"epoch {epoch + 1} step {step}/{len(train_loader)}")
@@ -117,7 +118,7 @@ def _fit(run: lifecycle.Run, proc) -> None:
         profiler = make_profiler(run.directory) if config["profile"] and epoch == len(run.history) and proc.is_main else None
         start = time.perf_counter()
         seen_before = 0 if partial_totals is None else float(partial_totals[2])
-        with profiler or contextlib.nullcontext():
+        with profiler or contextlib.nullcontext(), run.stops_at_a_nonfinite_loss(epoch):
             train_totals = train_one_epoch(
                 model,
                 train_loader,

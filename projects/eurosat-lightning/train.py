@@ -72,7 +72,8 @@ class EuroSATClassifier(pl.LightningModule):
         self.model = self.model.to(memory_format=torch.channels_last)
         # torchmetrics sum over processes, so epoch values are exact under DDP; persistent, so that a mid-epoch
         # checkpoint keeps the epoch's running totals
-        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        # a NaN loss stops the run (eurosat.lightning_run), so the metrics need no NaN check (and no warning) of their own
+        self.train_loss, self.val_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
         self.train_acc = MulticlassAccuracy(len(classes), average="micro")
         self.val_acc = MulticlassAccuracy(len(classes), average="micro", ignore_index=IGNORE_INDEX)
         self.val_samples = SumMetric()

@@ -3,11 +3,15 @@
 The cache key covers the file list (relative path, size and modification time of every file), the band
 choice and the cache format, so adding, removing, replacing or touching a file builds a new cache: a cache
 is never silently stale. A cache is complete only once its manifest exists; both files are written to
-temporary names and renamed into place.
+temporary names and renamed into place. The manifest records the array's shape, dtype, size and checksum, and
+every process checks them before it uses the array: a cache damaged after it was complete (a full disk, a killed
+copy, a bad sector) is removed and built again, with one warning line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -15,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +30,8 @@ from eurosat.errors import UserError
 from eurosat.files import FileList, list_files
 from eurosat.reading import SCALE, parse_bands, read_image
 
-CACHE_FORMAT = 2  # 2: the manifest records the image format and the band count of the files
+CACHE_FORMAT = 3  # 2: the manifest records the image format and the band count of the files; 3: the array's checksum
+READ_BLOCK = 16 * 2**20
 CHUNK = 256  # images a worker decodes per task
 
 
@@ -116,37 +122,92 @@ def _build(file_list: FileList, bands: tuple[int, ...], first: np.ndarray, npy: 
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _locked(path: Path, exclusive: bool):
+    """An advisory lock on one cache entry, for processes meeting it at once (ranks, runs); where the file system
+    offers none (some cluster mounts) or the folder is read-only, no lock."""
+    try:
+        handle = open(path, "a")  # noqa: SIM115 (closed by the with-block below, which releases the lock)
+    except OSError:
+        yield
+        return
+    with handle:
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
+def checksum(path: Path) -> str:
+    """CRC-32 of the whole file: about a second per GB, so a damaged block anywhere is found before it is used."""
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(READ_BLOCK):
+            crc = zlib.crc32(block, crc)
+    return f"crc32:{crc:08x}"
+
+
+def damage(npy: Path, manifest: Path) -> str | None:
+    """Why the cache cannot be used as it is (None: it can): unreadable, or unlike what its manifest records."""
+    try:
+        recorded = json.loads(manifest.read_text())["array"]
+        images = np.load(npy, mmap_mode="r")
+        size = npy.stat().st_size
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a truncated .npy: "mmap length is greater than ..."
+        return f"unreadable: {exc.__class__.__name__}: {exc}"
+    if [list(images.shape), str(images.dtype), size] != [recorded["shape"], recorded["dtype"], recorded["bytes"]]:
+        return f"{size} bytes holding {images.shape} {images.dtype}, its manifest says {recorded['bytes']} bytes"
+    if checksum(npy) != recorded["checksum"]:
+        return "its checksum differs from its manifest's"
+    return None
+
+
+def _write_manifest(manifest: Path, file_list: FileList, band_choice: tuple, band_count: int, npy: Path) -> None:
+    images = np.load(npy, mmap_mode="r")
+    array = {"shape": list(images.shape), "dtype": str(images.dtype), "bytes": npy.stat().st_size, "checksum": checksum(npy)}
+    tmp = manifest.with_name(f"{manifest.name}.tmp-{os.getpid()}")
+    tmp.write_text(
+        json.dumps(
+            {
+                "format": CACHE_FORMAT,
+                "root": str(file_list.root),
+                "classes": file_list.classes,
+                "bands": band_choice,
+                "scale": SCALE[file_list.image_format],
+                "image_format": file_list.image_format,
+                "band_count": band_count,
+                "files": file_list.files,
+                "labels": file_list.labels,
+                "array": array,
+            }
+        )
+    )
+    _replace_atomically(tmp, manifest)
+
+
 def prepare(data_dir: Path, bands: str = "rgb", cache_dir: Path | None = None, progress: bool = True) -> CachedImages:
-    """Build the cache for this data and band choice if it does not exist yet, then open it."""
+    """Build the cache for this data and band choice if it does not exist yet (or is damaged), then open it."""
     file_list = list_files(Path(data_dir))
     first = read_image(file_list.root / file_list.files[0])
     band_choice = parse_bands(bands, first.shape[2])
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = cache_key(file_list, band_choice)
-    npy, manifest = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if not (npy.exists() and manifest.exists()):
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            _build(file_list, band_choice, first, npy, progress)
-            tmp = manifest.with_name(f"{manifest.name}.tmp-{os.getpid()}")
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "format": CACHE_FORMAT,
-                        "root": str(file_list.root),
-                        "classes": file_list.classes,
-                        "bands": band_choice,
-                        "scale": SCALE[file_list.image_format],
-                        "image_format": file_list.image_format,
-                        "band_count": first.shape[2],
-                        "files": file_list.files,
-                        "labels": file_list.labels,
-                    }
-                )
-            )
-            _replace_atomically(tmp, manifest)
-        except OSError as exc:
-            raise UserError(f"cannot write the cache in {cache_dir} ({exc.strerror}): pass --cache-dir PATH") from None
+    npy, manifest, lock = (cache_dir / f"{key}{suffix}" for suffix in (".npy", ".json", ".lock"))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(lock, exclusive=False):  # checks run side by side; a build has the entry to itself
+            problem = damage(npy, manifest) if npy.exists() and manifest.exists() else "missing"
+        if problem is not None:
+            with _locked(lock, exclusive=True):
+                problem = damage(npy, manifest) if npy.exists() and manifest.exists() else "missing"  # built meanwhile?
+                if problem not in (None, "missing"):
+                    print(f"warning: the cache {npy} is damaged ({problem}): removing it and building it again", file=sys.stderr)
+                    manifest.unlink()  # the manifest first: without it, no process takes the array as complete
+                    npy.unlink()
+                if problem is not None:
+                    _build(file_list, band_choice, first, npy, progress)
+                    _write_manifest(manifest, file_list, band_choice, first.shape[2], npy)
+    except OSError as exc:
+        raise UserError(f"cannot write the cache in {cache_dir} ({exc.strerror}): pass --cache-dir PATH") from None
     meta = json.loads(manifest.read_text())
     return CachedImages(
         images=np.load(npy, mmap_mode="r"),

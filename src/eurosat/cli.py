@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from eurosat.errors import UserError
 
@@ -19,13 +22,13 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(kind, minimum, what):
+def _number(kind, minimum, what, maximum=math.inf):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < minimum:
+        if not minimum <= value <= maximum:  # NaN fails both
             raise argparse.ArgumentTypeError(f"{text} must be {what}")
         return value
 
@@ -34,7 +37,9 @@ def _number(kind, minimum, what):
 
 non_negative_int = _number(int, 0, "0 or more")
 positive_int = _number(int, 1, "1 or more")
-positive_float = _number(float, 1e-300, "greater than 0")
+# Parameters and optimizer state are float32: a learning rate it cannot hold is no learning rate
+FLOAT32 = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
+learning_rate = _number(float, FLOAT32[0], f"a positive number float32 holds ({FLOAT32[0]:.3g} to {FLOAT32[1]:.3g})", FLOAT32[1])
 
 
 def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[str, ArgumentParser]]:
@@ -46,7 +51,7 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     train.add_argument("--out", type=Path, default=Path("runs") / project, help="runs are created in here (default: %(default)s)")
     train.add_argument("--epochs", type=non_negative_int, default=3)
     train.add_argument("--batch-size", type=positive_int, default=1024, help="global batch size (default: %(default)s)")
-    train.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    train.add_argument("--lr", type=learning_rate, default=1e-3, help="Adam learning rate (default: %(default)s)")
     train.add_argument("--model", default="tf_efficientnet_b5", help="timm model name (default: %(default)s)")
     train.add_argument("--bands", default="rgb", help="rgb (channels 3,2,1), all, or channel numbers like 3,2,1")
     train.add_argument("--seed", type=int, default=42, help="training seed (default: %(default)s)")

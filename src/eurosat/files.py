@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from eurosat.cli import is_main_process
 from eurosat.errors import UserError
 
 IMAGE_FORMATS = {".tif": "tif", ".tiff": "tif", ".jpg": "jpg", ".jpeg": "jpg"}
@@ -12,6 +14,9 @@ IMAGE_FORMATS = {".tif": "tif", ".tiff": "tif", ".jpg": "jpg", ".jpeg": "jpg"}
 # (multispectral) or 2750 (RGB); the search descends that far.
 MAX_DEPTH = 8
 NO_DATA_HINT = "run `make data` (EuroSAT) or `make data-sample` (synthetic sample), or pass --data PATH"
+# What copying a folder from a Mac, Windows or Jupyter adds: ignored without a word, like hidden files and folders
+OS_LITTER = {"thumbs.db", "desktop.ini", "__macosx"}
+_WARNED: set[tuple[Path, int]] = set()  # the data folders this process has already warned about
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,8 @@ class FileList:
 
 
 def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
+    """Not hidden (.DS_Store, ._* files, .ipynb_checkpoints/, ...) and not OS litter (Thumbs.db, __MACOSX/, ...)."""
+    return not path.name.startswith(".") and path.name.lower() not in OS_LITTER
 
 
 def _holds_images(folder: Path) -> bool:
@@ -57,19 +63,28 @@ def list_files(data_dir: Path) -> FileList:
     files: list[str] = []
     labels: list[int] = []
     formats: set[str] = set()
+    skipped: list[Path] = []
     for label, name in enumerate(classes):
         class_dir = root / name
         images = []
         for path in sorted(p for p in class_dir.iterdir() if _visible(p)):
             image_format = IMAGE_FORMATS.get(path.suffix.lower())
             if image_format is None or not path.is_file():
-                raise UserError(f"{path} is not a EuroSAT image (.tif or .jpg): move it out of the class folder {class_dir}")
+                skipped.append(path)
+                continue
             formats.add(image_format)
             images.append(f"{name}/{path.name}")
         if not images:
             raise UserError(f"class folder {class_dir} holds no images: restore its files or remove the folder")
         files.extend(images)
         labels.extend([label] * len(images))
+    if skipped and is_main_process() and (root, len(skipped)) not in _WARNED:  # torchvision's ImageFolder: silently
+        _WARNED.add((root, len(skipped)))  # once a process, though a run lists its files more than once
+        print(
+            f"warning: skipped {len(skipped)} file(s) in the class folders of {root} that are not .tif or .jpg images "
+            f"(the first: {skipped[0]})",
+            file=sys.stderr,
+        )
     if len(formats) > 1:
         raise UserError(f"{root} mixes .tif and .jpg images: keep one EuroSAT variant per data directory")
     return FileList(root, classes, tuple(files), tuple(labels), formats.pop())

@@ -59,10 +59,23 @@ def predict_files(model, files: list[Path], config: dict, device) -> list[tuple[
     return results
 
 
+def check_classes(given, trained, data_dir) -> None:
+    """Labels are positions in the sorted class list, so data with another set of classes would shift them: refuse it.
+    (The same names always come in the same, sorted, order.)"""
+    if list(given) != list(trained):
+        missing = ", ".join(c for c in trained if c not in given) or "none"
+        extra = ", ".join(c for c in given if c not in trained) or "none"
+        raise UserError(
+            f"--data {data_dir}: its classes are not the ones the model was trained on (missing: {missing}; extra: "
+            f"{extra}); evaluate on data with the model's {len(trained)} classes"
+        )
+
+
 def evaluate_command(model, run_config: dict, args, device) -> dict:
     """The `evaluate` sub-command: the run's validation split, or the same split of another --data folder."""
     config = {**run_config, "data": args.data or run_config["data"], "cache_dir": args.cache_dir or run_config["cache_dir"]}
     data = load_configured_splits(config)
+    check_classes(data.classes, run_config["classes"], config["data"])
     loader = BatchLoader(data.val, args.batch_size, shuffle=False, for_cuda=device.type == "cuda")
     loss_sum, correct, seen = evaluate(model, loader, data.scale, device).tolist()
     result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_samples": int(seen)}

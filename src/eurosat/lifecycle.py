@@ -10,6 +10,7 @@ with RESUME_FLAGS (and the project's own resume_flags) from the new command line
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,7 +44,7 @@ from eurosat.runs import (
 from eurosat.timeline import Timeline
 from eurosat.tracking import MlflowTracker, previous_run_id
 from eurosat.tracking import default_uri as default_tracking_uri
-from eurosat.training import restore_rng_state, rng_state
+from eurosat.training import NonFiniteLoss, restore_rng_state, rng_state
 
 # What a resume may change: how long, where it runs and where it is tracked, never what it trains
 RESUME_FLAGS = ("epochs", "device", "data_on", "tracking", "tracking_uri")
@@ -235,6 +236,20 @@ class Run:
             save_checkpoint({**state, **self.state()}, self.directory / "last.ckpt", keep_previous=True)
             if best:
                 save_checkpoint({**state, **self.state()}, self.directory / "best.ckpt")
+
+    @contextlib.contextmanager
+    def stops_at_a_nonfinite_loss(self, epoch: int):
+        """A NaN or infinite training loss ends the run with one line; what was saved before it stays."""
+        try:
+            yield
+        except NonFiniteLoss as gone:
+            saved = self.directory and (self.directory / "last.ckpt").exists()
+            kept = f"the checkpoints in {self.directory} hold the last finite weights" if saved else "no checkpoint was written"
+            raise UserError(
+                f"epoch {epoch + 1} step {gone.step}: the training loss is not finite (nan or inf), so training stopped; "
+                f"train with a lower --lr (now {self.config['lr']:g}), or in full precision or fp16 with its gradient "
+                f"scaler (--precision); {kept}"
+            ) from None
 
     def stopped(self, where: str) -> Stopped:
         """(Every rank stops; only the main one, which knows the directory, prints the message.)"""

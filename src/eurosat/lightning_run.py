@@ -20,8 +20,9 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torchmetrics import Metric
 
 from eurosat.lifecycle import Run
+from eurosat.loop import SYNC_EVERY
 from eurosat.runs import load_checkpoint, save_checkpoint
-from eurosat.training import restore_rng_state
+from eurosat.training import LossWindow, restore_rng_state
 
 
 class _WithoutAdverts(logging.Filter):
@@ -54,6 +55,7 @@ class RunCallback(pl.Callback):
         # ranks other than 0 never write, but Trainer.save_checkpoint must be called on all of them with a path
         self.folder = run.directory or Path(run.config["out"])
         self.start = time.perf_counter()
+        self.losses, self.losses_epoch = None, None  # this epoch's losses, checked for NaN without a sync per step
 
     def on_train_start(self, trainer, module):
         self.run.stop.install()  # Lightning installed its own SIGTERM handler when fit started
@@ -94,9 +96,16 @@ class RunCallback(pl.Callback):
         step = batch_idx + 1
         loader = trainer.train_dataloader
         loader.batches_done = step  # the position its state_dict gives the checkpoint
+        if self.losses is None or self.losses_epoch != trainer.current_epoch:  # (a mid-epoch resume starts at `step`)
+            self.losses, self.losses_epoch = LossWindow(SYNC_EVERY, module.device, step), trainer.current_epoch
+        self.losses.add(step, outputs["loss"] if isinstance(outputs, dict) else outputs)
         every = self.run.config.get("checkpoint_every")
         stopping = self.run.stop.agreed(trainer.world_size, module.device, step)
-        if stopping or (every and step % every == 0 and step < len(loader)):
+        saving = stopping or (every and step % every == 0 and step < len(loader))
+        if saving or step % SYNC_EVERY == 0 or step == len(loader):  # before validation and before any checkpoint
+            with self.run.stops_at_a_nonfinite_loss(trainer.current_epoch):
+                self.losses.check()
+        if saving:
             self.save(trainer, module, mid_epoch=True)
         if stopping:
             raise self.run.stopped(f"epoch {trainer.current_epoch + 1} step {step}/{len(loader)}")

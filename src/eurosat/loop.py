@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from eurosat.datasets import to_input
 from eurosat.gpu import resolve_device
-from eurosat.training import set_matmul_precision
+from eurosat.training import LossWindow, set_matmul_precision
 
 SYNC_EVERY = 10  # steps between host syncs (progress bar, stop requests under DDP): each one waits for the device
 
@@ -95,10 +95,13 @@ def train_one_epoch(
     profiler=None,
 ) -> torch.Tensor:
     """One pass over `batches` (from batch `first_step` on, adding to `totals`); returns this rank's loss sum,
-    correct count and sample count, accumulated on the device and read only every `sync_every` steps."""
+    correct count and sample count, accumulated on the device and read only every `sync_every` steps. A loss that
+    is not finite raises NonFiniteLoss at the next check: every `sync_every` steps, at the end, and in
+    `after_step(step, totals, losses)` through losses.check() before it saves anything."""
     model.train()
     if totals is None:
         totals = torch.zeros(3, device=proc.device, dtype=torch.float64)
+    losses = LossWindow(sync_every, proc.device, first_step + 1)
     bar = tqdm(batches, desc=desc, initial=first_step, disable=None if proc.is_main else True, leave=False, file=sys.stderr)
     for step, (images, labels) in enumerate(bar, start=first_step + 1):
         x = to_input(images, scale, proc.device, channels_last)
@@ -113,11 +116,15 @@ def train_one_epoch(
         totals[0] += loss.detach() * len(y)
         totals[1] += (logits.argmax(1) == y).sum()
         totals[2] += len(y)
+        losses.add(step, loss)
         if profiler is not None:
             profiler.step()
-        if proc.is_main and step % sync_every == 0:
-            loss_sum, correct, seen = totals.tolist()
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+        if step % sync_every == 0:
+            losses.check()
+            if proc.is_main:
+                loss_sum, correct, seen = totals.tolist()
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         if after_step is not None:
-            after_step(step, totals)
+            after_step(step, totals, losses)
+    losses.check()
     return totals

@@ -65,3 +65,39 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class NonFiniteLoss(Exception):
+    """The training loss was NaN or infinite at `step` (of the epoch, from 1) on some rank."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+class LossWindow:
+    """The losses of the steps since the last check, kept on the device, so that a step costs no host sync.
+
+    check() raises NonFiniteLoss naming the first of them that was not finite on any rank (one sync, and under
+    DDP one all-reduce, so every rank must call it at the same steps). Call it at least every `size` steps and
+    before anything is saved from the weights those steps produced."""
+
+    def __init__(self, size: int, device: torch.device, first_step: int = 1):
+        self.losses = torch.zeros(size, device=device)
+        self.checked = self.last = first_step - 1
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.losses[(step - 1) % len(self.losses)] = loss.detach().float()
+        self.last = step
+
+    def check(self) -> None:
+        if self.last == self.checked:
+            return
+        steps = torch.arange(self.checked + 1, self.last + 1, device=self.losses.device)
+        finite = torch.isfinite(self.losses[(steps - 1) % len(self.losses)])
+        first = torch.where(finite, self.last + 1, steps).min()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(first, torch.distributed.ReduceOp.MIN)
+        self.checked = self.last
+        if int(first) <= self.last:
+            raise NonFiniteLoss(int(first))
