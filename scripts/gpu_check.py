@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,23 +52,28 @@ class Check:
         self.steps: list[dict] = []
 
     def run(self, name: str, command: list) -> dict:
-        """One step in its own process, its output in a log beside the others; its seconds, exit status, tail."""
+        """One step in its own process group, its output in a log beside the report; its seconds, exit status and,
+        when it failed, the tail of its output. At the end of the budget the step and its children are killed."""
         command = [str(c) for c in command]
-        left = self.deadline - time.monotonic()
         step = {"name": name, "command": shlex.join(command)}
+        self.steps.append(step)
+        left = self.deadline - time.monotonic()
         if left <= 1:
             step.update(ok=False, error="not run: the check's time budget was spent")
             print(f"gpu-check: {name}: not run (budget spent)", file=sys.stderr, flush=True)
-            return self.steps.append(step) or step
-        log = self.logs / f"{len(self.steps) + 1:02d}-{name.replace(' ', '-')}.log"
+            return step
+        log = self.logs / f"{len(self.steps):02d}-{name.replace(' ', '-')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         with open(log, "w") as output:
+            process = subprocess.Popen(
+                command, cwd=REPO, env=self.env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
-                code = subprocess.run(
-                    command, cwd=REPO, env=self.env, stdout=output, stderr=subprocess.STDOUT, timeout=left
-                ).returncode
+                code = process.wait(timeout=left)
             except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
                 code = None
         step["seconds"] = round(time.monotonic() - start, 1)
         step["ok"] = code == 0
@@ -75,7 +81,6 @@ class Check:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             step["error"] = "timed out (the check's time budget)" if code is None else f"exit {code}: " + " / ".join(tail)
         print(f"gpu-check: {name}: {'ok' if step['ok'] else step['error']} ({step['seconds']} s)", file=sys.stderr, flush=True)
-        self.steps.append(step)
         return step
 
     def train(self, name: str, project: str, *extra) -> tuple[dict, Path | None]:

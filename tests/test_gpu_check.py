@@ -17,7 +17,7 @@ BENCH = "--batch-size 32 --workers 0 --warmup-steps 1 --steps 2 --accuracy-epoch
 
 def test_gpu_check_runs_every_step_and_writes_one_report(tmp_path):
     out, models = tmp_path / "results", tmp_path / "models"
-    args = f"--device cpu --fraction 0.005 --out {out} --train-args '{TRAIN}' --bench-args '{BENCH}'"
+    args = f"--device cpu --fraction 0.005 --budget 1800 --out {out} --train-args '{TRAIN}' --bench-args '{BENCH}'"
     result = run("make", "gpu-check", f"MODEL_CACHE={models}", f"ARGS={args}", f"GPU_CHECK_PYTHON={sys.executable}")
     (report_file,) = out.glob("gpu-check-*.json")
     report = json.loads(report_file.read_text())
@@ -50,3 +50,17 @@ def test_gpu_check_without_a_gpu_is_one_line(tmp_path):
         "error: --device cuda: no CUDA GPU is visible to torch here; run on a GPU machine, or --device cpu to try"
     )
     assert not list(tmp_path.iterdir())
+
+
+def test_gpu_check_keeps_to_its_budget_and_reports_what_did_not_run(tmp_path):
+    """A budget that ends during the first training: that step is killed with its children, the rest are not
+    started, the report names each, and the exit status says the check is incomplete."""
+    args = ["--device", "cpu", "--fraction", "0.005", "--budget", "4", "--out", tmp_path, "--train-args", TRAIN]
+    result = run(sys.executable, "scripts/gpu_check.py", *args, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (report_file,) = tmp_path.glob("gpu-check-*.json")
+    steps = json.loads(report_file.read_text())["steps"]
+    assert [step["name"] for step in steps] == STEPS and steps[0]["ok"]
+    assert steps[1]["error"] == "timed out (the check's time budget)" and steps[1]["seconds"] < 4 + 2
+    assert all(step["error"] == "not run: the check's time budget was spent" for step in steps[2:])
+    assert "gpu-check: train eurosat-amp: timed out (the check's time budget)" in result.stderr
