@@ -7,6 +7,7 @@ results can still be written.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -21,14 +22,6 @@ class Interrupted(Exception):
     pass
 
 
-def _out_of_time(signum, frame):
-    raise OutOfTime
-
-
-def _interrupted(signum, frame):
-    raise Interrupted
-
-
 class Budget:
     """with Budget(seconds) as budget: budget.run(...) for each row. Inside the block SIGALRM marks the deadline and
     SIGINT/SIGTERM stop the rows; a stop between two rows ends the block quietly, like one within a row."""
@@ -39,12 +32,30 @@ class Budget:
         self.rows: list[dict] = []  # name and seconds of every row measured, in order
         self.skipped: list[str] = []
         self.stopped: str | None = None  # why the rows stopped before the end, if they did
+        self.deferring, self.pending = False, None  # a stop that came while a finished row was being recorded
+
+    def _signal(self, signum, frame):
+        stop = OutOfTime if signum == signal.SIGALRM else Interrupted
+        if self.deferring:
+            self.pending = stop
+            return
+        raise stop
+
+    @contextlib.contextmanager
+    def _deferred(self):
+        """A row's figures, its record and its line go together: a stop meanwhile waits until they are kept."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending:
+            raise self.pending
 
     def __enter__(self):
         self.handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM)}
-        signal.signal(signal.SIGALRM, _out_of_time)
-        signal.signal(signal.SIGINT, _interrupted)
-        signal.signal(signal.SIGTERM, _interrupted)
+        for signum in self.handlers:
+            signal.signal(signum, self._signal)
         self.start = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, self.seconds)
         return self
@@ -67,13 +78,20 @@ class Budget:
     def remaining(self) -> float:
         return self.seconds - self.elapsed()
 
-    def run(self, name: str, measure: Callable[[], dict], estimate: float = 0.0, summary: Callable[[dict], str] = str):
-        """measure()'s figures, or None when the row was skipped or stopped."""
+    def run(
+        self,
+        name: str,
+        measure: Callable[[], dict],
+        keep: Callable[[dict], None],
+        estimate: float = 0.0,
+        summary: Callable[[dict], str] = str,
+    ) -> None:
+        """Measures a row and hands its figures to keep(), unless it is skipped or stopped."""
         if self.stopped or self.remaining() < estimate:
             reason = self.stopped or f"needs about {estimate:.0f} s, {max(self.remaining(), 0):.0f} s left"
             print(f"[{self.elapsed():6.1f} s] skipped: {name} ({reason})", file=self.log, flush=True)
             self.skipped.append(name)
-            return None
+            return
         started = time.perf_counter()
         try:
             figures = measure()
@@ -81,11 +99,12 @@ class Budget:
             self._stop(stop)
             print(f"[{self.elapsed():6.1f} s] stopped: {name} ({self.stopped})", file=self.log, flush=True)
             self.skipped.append(name)
-            return None
+            return
         seconds = time.perf_counter() - started
-        self.rows.append({"name": name, "seconds": round(seconds, 3)})
-        print(f"[{self.elapsed():6.1f} s] {name}: {summary(figures)} ({seconds:.1f} s)", file=self.log, flush=True)
-        return figures
+        with self._deferred():
+            keep(figures)
+            self.rows.append({"name": name, "seconds": round(seconds, 3)})
+            print(f"[{self.elapsed():6.1f} s] {name}: {summary(figures)} ({seconds:.1f} s)", file=self.log, flush=True)
 
     def summary(self) -> dict:
         return {

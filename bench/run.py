@@ -142,14 +142,19 @@ def benchmark(args, scratch: Path) -> dict:
     baseline_data = BaselineDataset([cache.root / cache.files[j] for j in rows], cache.labels[rows].tolist())
     bench = measure.Bench(args, device, splits, baseline_data)
 
-    measured, project_row_seconds = {}, 0.0
+    measured = {}
+
+    def keeper(name: str, kind: str):
+        def keep(figures: dict) -> None:
+            measured[name] = best(measured.get(name), figures) if kind == "training" else figures
+
+        return keep
+
     with Budget(args.budget) as budget:
         for name, kind, row in plan(bench, data_dir, scratch):
-            figures = budget.run(name, row, project_row_seconds if kind == "training" else 0.0, SUMMARIES[kind])
-            if figures is not None:
-                measured[name] = best(measured.get(name), figures) if kind == "training" else figures
-                if name == PROJECT_ROW:  # what a training row takes here: the estimate for the others
-                    project_row_seconds = budget.rows[-1]["seconds"]
+            project_row = next((r["seconds"] for r in budget.rows if r["name"] == PROJECT_ROW), 0.0)
+            estimate = project_row if kind == "training" else 0.0  # what a training row takes here
+            budget.run(name, row, keeper(name, kind), estimate, SUMMARIES[kind])
     return results(args, device, measured, budget, synthetic, len(rows), prepare_seconds)
 
 
