@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 from eurosat import manifest  # noqa: E402
 from eurosat.cli import ArgumentParser, run_cli  # noqa: E402
 from eurosat.errors import UserError  # noqa: E402
+from eurosat.reproduce import metrics_table, read_run  # noqa: E402
 
 # The GPU targets (docs/benchmarks.md), on an H100 or H200 with the default project and settings
 FIRST_EPOCH_RATIO, CEILING_SHARE, PROJECTS_APART, WHOLE_TRAIN_SECONDS = 1.5, 0.95, 0.10, 30.0
@@ -97,7 +98,7 @@ class Check:
 def run_figures(run_dir: Path) -> dict:
     """What a finished run recorded of its time: the timeline, each epoch's seconds and images/s, the last val_acc."""
     summary = json.loads((run_dir / "metrics.json").read_text())
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    _, _, history = read_run(run_dir)
     figures = {
         "timeline": summary["timeline"],
         "epoch_seconds": [round(r["seconds"], 2) for r in history],
@@ -110,18 +111,14 @@ def run_figures(run_dir: Path) -> dict:
     return figures
 
 
-def metrics_without_timings(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds", "elapsed_s")} for r in records]
-
-
 def deterministic_pair(check: Check, project: str) -> None:
-    """Two --deterministic runs of one epoch: the second step is ok when metrics and weights are identical."""
+    """Two --deterministic runs of one epoch: the second step is ok when metrics (as `make reproduce` compares them)
+    and weights are identical."""
     _, first = check.train("deterministic 1", project, "--deterministic", "--epochs", "1")
     step, second = check.train("deterministic 2", project, "--deterministic", "--epochs", "1")
     if first and second:
         step["identical"] = {
-            "metrics": metrics_without_timings(first) == metrics_without_timings(second),
+            "metrics": metrics_table(read_run(first)[2], read_run(second)[2])[1] == 0,
             "weights": weights_digest(first / "last.ckpt") == weights_digest(second / "last.ckpt"),
         }
         if not all(step["identical"].values()):
@@ -147,7 +144,7 @@ def machine(run_dir: Path | None) -> dict:
         import torch
 
         return {"torch": torch.__version__, "cuda": torch.version.cuda, "gpus": [], "driver": None}
-    provenance = json.loads((run_dir / "provenance.json").read_text())
+    _, provenance, _ = read_run(run_dir)
     return {**provenance["versions"], **provenance["hardware"]}
 
 

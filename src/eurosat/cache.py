@@ -161,6 +161,11 @@ def damage(npy: Path, manifest: Path) -> str | None:
     return None
 
 
+def _state(npy: Path, manifest: Path) -> str | None:
+    """None for a sound cache, "missing" when it was never completed, else what is damaged."""
+    return damage(npy, manifest) if npy.exists() and manifest.exists() else "missing"
+
+
 def _write_manifest(manifest: Path, file_list: FileList, band_choice: tuple, band_count: int, npy: Path) -> None:
     images = np.load(npy, mmap_mode="r")
     array = {"shape": list(images.shape), "dtype": str(images.dtype), "bytes": npy.stat().st_size, "checksum": checksum(npy)}
@@ -195,10 +200,10 @@ def prepare(data_dir: Path, bands: str = "rgb", cache_dir: Path | None = None, p
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _locked(lock, exclusive=False):  # checks run side by side; a build has the entry to itself
-            problem = damage(npy, manifest) if npy.exists() and manifest.exists() else "missing"
+            problem = _state(npy, manifest)
         if problem is not None:
             with _locked(lock, exclusive=True):
-                problem = damage(npy, manifest) if npy.exists() and manifest.exists() else "missing"  # built meanwhile?
+                problem = _state(npy, manifest)  # another process may have built it meanwhile
                 if problem not in (None, "missing"):
                     print(f"warning: the cache {npy} is damaged ({problem}): removing it and building it again", file=sys.stderr)
                     manifest.unlink()  # the manifest first: without it, no process takes the array as complete
