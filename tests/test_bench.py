@@ -105,9 +105,10 @@ def test_an_interrupted_bench_writes_what_it_measured(sample_dir, tmp_path):
     assert result["training"]["project"]["images_per_s"] > 0 and "results: " in stdout
 
 
-def test_bench_rejects_a_bad_seed_list(tmp_path):
-    result = run(sys.executable, "bench/run.py", "--accuracy-seeds", "42,x", "--out", tmp_path, check=False)
-    assert result.returncode == 2 and "--accuracy-seeds" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("flag, value", [("--accuracy-seeds", "42,x"), ("--budget", "0"), ("--budget", "nan")])
+def test_bench_rejects_a_bad_seed_list_or_budget(tmp_path, flag, value):
+    result = run(sys.executable, "bench/run.py", flag, value, "--out", tmp_path, check=False)
+    assert result.returncode == 2 and flag in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
