@@ -14,13 +14,13 @@ import time
 
 import pytest
 import torch
-from helpers import PROJECTS, REPO, assert_same_weights, read_metrics, run_project, single_run_dir, without_timings
+from helpers import PACED, PROJECTS, REPO, assert_same_weights, read_metrics, run_project, single_run_dir, without_timings
 
 from eurosat.runs import resolve_resume
 
 pytestmark = pytest.mark.slow
 # 432 training images at batch 16: 27 steps an epoch, a checkpoint every 4 of them
-ARGS = ["--model", "resnet10t", "--batch-size", "16", "--epochs", "3", "--deterministic", "--checkpoint-every", "4"]
+ARGS = [*PACED, "--epochs", "3", "--deterministic", "--checkpoint-every", "4"]
 
 
 def start(project, *args) -> subprocess.Popen:

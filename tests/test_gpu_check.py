@@ -5,13 +5,13 @@ import json
 import sys
 
 import pytest
-from helpers import run
+from helpers import MODEL, run
 
 pytestmark = pytest.mark.slow
 
 STEPS = ["write data", "train eurosat-amp", "train eurosat-lightning", "deterministic 1", "deterministic 2"]
 STEPS += ["train --compile", "bench"]
-TRAIN = "--model resnet10t --batch-size 32 --epochs 2"
+TRAIN = f"--model {MODEL} --batch-size 32 --epochs 2"
 BENCH = "--batch-size 32 --workers 0 --warmup-steps 1 --steps 2 --accuracy-epochs 1 --repeats 1 --no-compile"
 
 

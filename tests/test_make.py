@@ -5,7 +5,7 @@ import shutil
 import sys
 
 import pytest
-from helpers import PROJECTS, REPO, run
+from helpers import MODEL, PROJECTS, REPO, run
 
 needs_venv = pytest.mark.skipif(not (REPO / ".venv" / ".installed").exists(), reason="make venv has not run here")
 
@@ -68,7 +68,7 @@ def test_make_data_sample_then_train(tmp_path):
         "RUNNER=local",
         "PROJECT=eurosat-lightning",
         f"DATA={data}",
-        f"ARGS=--epochs 1 --model resnet10t --batch-size 64 --out {tmp_path / 'runs'}",
+        f"ARGS=--epochs 1 --model {MODEL} --batch-size 64 --out {tmp_path / 'runs'}",
     )
     assert "Epoch 1/1 loss" in result.stdout
     assert list((tmp_path / "runs").glob("*/last.ckpt"))

@@ -4,12 +4,12 @@ weights the non-finite loss reached. Both projects, in this process."""
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import PROJECTS, main_in_process, single_run_dir
+from helpers import MODEL, PROJECTS, main_in_process, single_run_dir
 
 from eurosat.sample import write_sample
 
 # 432 training images at batch 16: 27 steps an epoch
-ARGS = ["--model", "resnet10t", "--batch-size", "16", "--epochs", "2"]
+ARGS = ["--model", MODEL, "--batch-size", "16", "--epochs", "2"]
 
 
 @pytest.fixture(scope="module")

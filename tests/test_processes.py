@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import (
     DDP_ARGS,
+    PACED,
     PROJECTS,
     REPO,
     SMALL,
@@ -104,7 +105,7 @@ def rank_one(launcher_pid: int) -> int:
 @pytest.mark.parametrize("project", PROJECTS)
 def test_a_lost_peer_ends_the_run_with_one_line(project, sample_dir, tmp_path):
     launch = manifest.load(project).launch(2, sys.executable)
-    args = ["--data", sample_dir, "--out", tmp_path, "--epochs", "3", "--checkpoint-every", "2", *SMALL]
+    args = ["--data", sample_dir, "--out", tmp_path, "--epochs", "3", "--checkpoint-every", "2", *PACED]
     process = subprocess.Popen(
         [str(a) for a in [*launch, *args]], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -128,7 +129,7 @@ def test_sigterm_to_every_process_stops_every_rank_at_one_checkpoint(project, sa
     """What Slurm does (scancel --signal=TERM, --signal=TERM@N): every process of the job step gets SIGTERM, the
     launcher included, and torchrun then passes it on to its workers a second time."""
     launch = manifest.load(project).launch(2, sys.executable)
-    args = ["--epochs", "2", "--checkpoint-every", "2", "--deterministic", *SMALL]
+    args = ["--epochs", "2", "--checkpoint-every", "2", "--deterministic", *PACED]
     out = tmp_path / "stopped"
     process = subprocess.Popen(
         [str(a) for a in [*launch, "--data", sample_dir, "--out", out, *args]],

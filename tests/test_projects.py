@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from helpers import PROJECTS, SMALL, assert_same_weights, main_in_process, read_metrics, single_run_dir, without_timings
+from helpers import MODEL, PROJECTS, SMALL, assert_same_weights, main_in_process, read_metrics, single_run_dir, without_timings
 from PIL import Image
 
 from eurosat.timeline import Timeline
@@ -31,7 +31,7 @@ def test_trains_clearly_above_chance_and_writes_the_run_directory(trained):
     assert [r["epoch"] for r in history] == [1, 2] and history[-1]["val_acc"] > 0.5  # 10 classes: chance is 0.1
     assert without_timings(result.value) == without_timings(history)  # main() returns the history
     assert all(set(r) == EPOCH_KEYS and r["val_samples"] == 108 for r in history)
-    assert result.stdout.startswith(f"run {run_dir}: 432 train / 108 val images, resnet10t on cpu x1, precision ")
+    assert result.stdout.startswith(f"run {run_dir}: 432 train / 108 val images, {MODEL} on cpu x1, precision ")
     assert "Epoch 2/2 loss " in result.stdout and f"run directory: {run_dir}" in result.stdout
     for name in ("config.json", "metrics.jsonl", "metrics.json", "last.ckpt", "last.prev.ckpt", "best.ckpt", "provenance.json"):
         assert (run_dir / name).is_file(), name
@@ -45,7 +45,7 @@ def test_trains_clearly_above_chance_and_writes_the_run_directory(trained):
     assert timeline["epoch_end_s"][-1] <= timeline["finished_s"]
     assert Timeline.line(timeline) in result.stdout.splitlines()
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["project"] == project and config["model"] == "resnet10t" and config["world_size"] == 1
+    assert config["project"] == project and config["model"] == MODEL and config["world_size"] == 1
     assert config["bands_resolved"] == [3, 2, 1] and config["scale"] == 4000.0
     assert config["input"] == {"format": "tif", "bands": 13, "height": 64, "width": 64}
     assert ("bf16" in config["precision_resolved"]) == cpu_has_native_bf16()  # bf16 only where the CPU has it natively
@@ -166,7 +166,7 @@ def test_the_model_meets_one_training_shape_and_one_evaluation_shape(project, sa
 
     hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
-        args = ["--model", "resnet10t", "--batch-size", "20", "--epochs", "1", "--data", sample_dir, "--out", tmp_path]
+        args = ["--model", MODEL, "--batch-size", "20", "--epochs", "1", "--data", sample_dir, "--out", tmp_path]
         main_in_process(project, "train", *args)
     finally:
         hook.remove()

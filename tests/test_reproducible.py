@@ -4,7 +4,7 @@ import hashlib
 import json
 
 import pytest
-from helpers import PROJECTS, SMALL, read_metrics, run_project, single_run_dir, weights, without_timings
+from helpers import MODEL, PROJECTS, SMALL, read_metrics, run_project, single_run_dir, weights, without_timings
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_deterministic_runs_repeat_to_the_bit(project, sample_dir, tmp_path):
             "--epochs",
             "1",
             "--model",
-            "resnet10t",
+            MODEL,
             "--batch-size",
             "32",
             "--deterministic",

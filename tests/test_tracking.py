@@ -8,7 +8,17 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import PROJECTS, SMALL, free_port, main_in_process, read_metrics, run_project, single_run_dir, wait_until_serving
+from helpers import (
+    MODEL,
+    PROJECTS,
+    SMALL,
+    free_port,
+    main_in_process,
+    read_metrics,
+    run_project,
+    single_run_dir,
+    wait_until_serving,
+)
 
 from eurosat.tracking import previous_run_id
 
@@ -62,7 +72,7 @@ def test_a_run_and_its_resume_log_to_one_mlflow_run_on_a_real_server(project, ml
     assert tracked.info.status == "FINISHED" and tracked.info.run_name == run_dir.name
     assert client.get_experiment(tracked.info.experiment_id).name == project
     config = json.loads((run_dir / "config.json").read_text())
-    assert tracked.data.params["model"] == "resnet10t" and tracked.data.params["seed"] == str(config["seed"])
+    assert tracked.data.params["model"] == MODEL and tracked.data.params["seed"] == str(config["seed"])
     metrics = read_metrics(run_dir)
     for name in ("loss", "acc", "val_loss", "val_acc", "images_per_s"):
         history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from engine import HIERARCHY, IMAGES, STANDIN_NGC, docker, image_id, make, make_settings
-from helpers import PROJECTS, REPO, SMALL, copy_repository, make_in_clone
+from helpers import MODEL, PROJECTS, REPO, SMALL, copy_repository, make_in_clone
 
 from eurosat import manifest
 
@@ -119,7 +119,7 @@ def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_im
             "RUNNER=docker",
             f"PROJECT={project}",
             f"DATA={sample_dir}",
-            f"ARGS=--epochs 1 --model resnet10t --batch-size 32 --out {out}",
+            f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --out {out}",
         )
         assert "containers run on the CPU" in result.stderr  # no GPU here: the GPU override is left out
         (run_dir,) = (REPO / out).iterdir()
@@ -144,7 +144,7 @@ def test_gpus_launches_torchrun_in_the_container(built_images, sample_dir):
             f"PROJECT={manifest.default_project()}",
             "GPUS=2",
             f"DATA={sample_dir}",
-            f"ARGS=--epochs 1 --model resnet10t --batch-size 32 --val-fraction 0.25 --out {out}",
+            f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --val-fraction 0.25 --out {out}",
         )
         (run_dir,) = (REPO / out).iterdir()
         assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2

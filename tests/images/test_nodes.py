@@ -8,12 +8,12 @@ import time
 
 import pytest
 from engine import docker, make, make_settings
-from helpers import REPO, read_metrics, run_project, single_run_dir
+from helpers import MODEL, REPO, read_metrics, run_project, single_run_dir
 
 # The global batch of 16 is 8 per node. Each step's samples are the same as the single process's (the shards
 # interleave one shuffled order) and DDP averages the gradients, so only BatchNorm differs: it normalises
 # over each node's 8 images instead of 16. Hence the tolerance, on the final validation accuracy.
-ARGS = "--epochs 2 --model resnet10t --batch-size 16 --deterministic"
+ARGS = f"--epochs 2 --model {MODEL} --batch-size 16 --deterministic"
 TOLERANCE = 0.05
 
 

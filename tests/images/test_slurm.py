@@ -11,10 +11,10 @@ import time
 
 import pytest
 from engine import docker, make_settings
-from helpers import PROJECTS, copy_repository, make_in_clone, read_metrics, run_project, single_run_dir, without_timings
+from helpers import PACED, PROJECTS, copy_repository, make_in_clone, read_metrics, run_project, single_run_dir, without_timings
 
 # 432 training images at a global batch of 16 (8 per node); a checkpoint every 4 steps, to stop mid-epoch.
-ARGS = "--device cpu --epochs 2 --model resnet10t --batch-size 16 --deterministic --checkpoint-every 4"
+ARGS = f"--device cpu --epochs 2 {' '.join(PACED)} --deterministic --checkpoint-every 4"
 TOLERANCE = 0.05  # final val_acc: only BatchNorm differs from one process (it sees 8 images, not 16)
 
 
