@@ -75,7 +75,7 @@ NODE_STAMP := node_modules/.installed
 
 .PHONY: help venv bench gpu-check reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
 	new-project doctor check-project check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
-	slurm-up slurm-shell slurm-down weights
+	slurm-image slurm-up slurm-shell slurm-down weights
 
 help: ## list the targets
 	@echo "EuroSAT deep-learning monorepo. Projects: $(PROJECTS)"
@@ -203,8 +203,11 @@ cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubefl
 	$(VENV_PY) scripts/cluster/render.py --project $(PROJECT) --nodes $(NODES) --gpus $(or $(GPUS),1) \
 		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args="$(ARGS)"
 
-slurm-up: check-project check-docker $(COMPOSE_DEP) ## start a Slurm cluster in containers (a controller, two compute nodes) on PROJECT's image
+slurm-image: check-project check-docker ## build the Slurm nodes' image on PROJECT's image (slurm-up does it first)
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
+	@$(call compose_env) scripts/slurm.sh build
+
+slurm-up: slurm-image $(COMPOSE_DEP) ## start a Slurm cluster in containers (a controller, two compute nodes) on PROJECT's image
 	@$(call compose_env) scripts/slurm.sh up
 
 slurm-shell: check-docker $(COMPOSE_DEP) ## a shell on the Slurm cluster's controller, as you, in this checkout (CMD="sbatch ..." runs one command)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make slurm-up / slurm-down / slurm-shell: a Slurm cluster made of containers (compose/slurm.yaml), a
 # controller and two compute nodes on PROJECT's training image. Called by make with the settings of compose_env.
-#   slurm.sh up            build the nodes' image, start the cluster, wait until sinfo shows both nodes idle
+#   slurm.sh build         build the nodes' image (make slurm-up does it first)
+#   slurm.sh up            start the cluster, wait until sinfo shows both nodes idle
 #   slurm.sh down          stop and remove it
 #   slurm.sh exec CMD...   run CMD on the controller as the host user, in the repository (sbatch, squeue ...)
 set -euo pipefail
@@ -15,12 +16,15 @@ export MUNGE_KEY=$PWD/build/slurm/munge.key
 cluster=("${compose[@]}" --project-directory . -f compose/slurm.yaml)
 READY_TIMEOUT=${READY_TIMEOUT:-180}
 
+build() {
+  DOCKER_BUILDKIT=1 "$DOCKER" build --quiet --build-arg BASE_IMAGE="$base" --tag "$SLURM_IMAGE" cluster/slurm >/dev/null
+}
+
 up() {
   if [[ ! -s $MUNGE_KEY ]]; then # one key per checkout, never in an image
     mkdir -p "$(dirname "$MUNGE_KEY")"
     (umask 077 && head -c 1024 /dev/urandom >"$MUNGE_KEY")
   fi
-  DOCKER_BUILDKIT=1 "$DOCKER" build --quiet --build-arg BASE_IMAGE="$base" --tag "$SLURM_IMAGE" cluster/slurm >/dev/null
   "${cluster[@]}" up --detach --force-recreate --remove-orphans
   local start=$SECONDS states=""
   while ((SECONDS - start < READY_TIMEOUT)); do
@@ -38,6 +42,7 @@ up() {
 }
 
 case ${1:-} in
+  build) build ;;
   up) up ;;
   down) "${cluster[@]}" down --remove-orphans --timeout 5 ;;
   exec)
@@ -47,7 +52,7 @@ case ${1:-} in
     exec "${cluster[@]}" exec "${tty[@]}" --user "$HOST_UID:$HOST_GID" slurmctld "$@"
     ;;
   *)
-    echo "usage: scripts/slurm.sh up|down|exec CMD..." >&2
+    echo "usage: scripts/slurm.sh build|up|down|exec CMD..." >&2
     exit 2
     ;;
 esac
