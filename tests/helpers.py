@@ -132,6 +132,8 @@ def check_two_process_run(result, out: Path) -> None:
     run_dir = single_run_dir(out)
     (record,) = read_metrics(run_dir)
     assert record["val_samples"] == 135
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())  # by rank 0 alone, after training
+    assert evaluation["samples"] == 135 and sum(map(sum, evaluation["confusion_matrix"])) == 135
     assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
     assert result.stdout.count("Epoch 1/1 loss") == 1  # rank 0 prints, rank 1 does not
 

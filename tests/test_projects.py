@@ -10,6 +10,7 @@ import tifffile
 import torch
 from helpers import MODEL, PROJECTS, SMALL, assert_same_weights, main_in_process, read_metrics, single_run_dir, without_timings
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from eurosat.timeline import Timeline
 from eurosat.training import cpu_has_native_bf16, set_matmul_precision
@@ -56,6 +57,27 @@ def test_trains_clearly_above_chance_and_writes_the_run_directory(trained):
     assert provenance["seed"] == 42 and provenance["hardware"]["device"] == "cpu" and len(provenance["lockfile"]["sha256"]) == 64
 
 
+def test_the_end_of_a_run_evaluates_its_best_checkpoint_class_by_class(trained):
+    """Per-class table, evaluation.json, the confusion matrix as CSV, PNG and TensorBoard image: every validation
+    image once, in fp32 (val_acc was measured under autocast: a prediction or two may differ)."""
+    _, run_dir, result = trained
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert evaluation["checkpoint"] == str(run_dir / "best.ckpt") and evaluation["classes"] == sorted(evaluation["classes"])
+    matrix = np.array(evaluation["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == evaluation["samples"] == evaluation["val_samples"] == 108
+    best = json.loads((run_dir / "metrics.json").read_text())["best"]
+    assert evaluation["val_acc"] == evaluation["accuracy"] == pytest.approx(best["val_acc"], abs=3 / 108)
+    lines = result.stdout.splitlines()
+    assert lines[-1] == f"evaluation: {run_dir / 'evaluation.json'}, confusion_matrix.csv, confusion_matrix.png"
+    first_words = {line.split()[0] for line in lines if line.strip()}
+    assert lines[-2].split()[:2] == ["weighted", "avg"] and set(evaluation["classes"]) <= first_words  # the table
+    assert (run_dir / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "confusion_matrix.csv").read_text().splitlines()[0].startswith("true \\ predicted,AnnualCrop,")
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
+    (image,) = events.Images("confusion_matrix")
+    assert image.step == 2 and image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_resume_equals_uninterrupted(trained, sample_dir, tmp_path):
     """1 epoch, then --resume to 2: the metrics and weights of the 2-epoch run; the first start's record is kept."""
     project, full_dir, _ = trained
@@ -70,13 +92,28 @@ def test_resume_equals_uninterrupted(trained, sample_dir, tmp_path):
     assert json.loads((half_dir / "config.json").read_text())["epochs"] == 2
 
 
-def test_evaluate_and_predict(trained, sample_dir):
+def test_evaluate_and_predict(trained, sample_dir, tmp_path):
     """evaluate reproduces the recorded best val_acc; predict names the right class for most files."""
     project, run_dir, _ = trained
     best = json.loads((run_dir / "metrics.json").read_text())["best"]
-    result = main_in_process(project, "evaluate", run_dir / "best.ckpt")
+    result = main_in_process(project, "evaluate", run_dir / "best.ckpt", "--out", tmp_path / "evaluated")
     assert f"val_acc {best['val_acc']:.4f} on 108 validation images" in result.stdout
     assert result.value["val_acc"] == pytest.approx(best["val_acc"])
+    written = json.loads((tmp_path / "evaluated" / "evaluation.json").read_text())
+    assert written == result.value and sum(map(sum, written["confusion_matrix"])) == 108
+    at_the_end = json.loads((run_dir / "evaluation.json").read_text())  # the same checkpoint at the end of training
+    assert written["per_class"] == at_the_end["per_class"] and written["confusion_matrix"] == at_the_end["confusion_matrix"]
+    copy = tmp_path / "copy"  # without --out: beside the checkpoint
+    copy.mkdir()
+    shutil.copy(run_dir / "last.ckpt", copy)
+    main_in_process(project, "evaluate", copy / "last.ckpt")
+    assert json.loads((copy / "evaluation.json").read_text())["checkpoint"] == str(copy / "last.ckpt")
+    assert sorted(p.name for p in copy.iterdir()) == [
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+        "evaluation.json",
+        "last.ckpt",
+    ]
     files = [sample_dir / name / f"{name}_{n}.tif" for name in ("Forest", "River", "SeaLake") for n in (1, 2, 3, 4)]
     lines = [line.split("\t") for line in main_in_process(project, "predict", run_dir / "best.ckpt", *files).stdout.splitlines()]
     assert [line[0] for line in lines] == [str(f) for f in files]

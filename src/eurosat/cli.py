@@ -84,11 +84,16 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
         help="MLflow store or server (default: $MLFLOW_TRACKING_URI, else a local database: sqlite:///runs/mlflow.db)",
     )
 
-    evaluate = commands.add_parser("evaluate", help="validation loss and accuracy of a checkpoint")
+    evaluate = commands.add_parser(
+        "evaluate", help="validation loss, accuracy, per-class metrics and confusion matrix of a checkpoint"
+    )
     evaluate.add_argument("checkpoint", type=Path)
     evaluate.add_argument("--data", type=Path, help="EuroSAT folder (default: the one the run used)")
     evaluate.add_argument("--cache-dir", type=Path)
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
+    evaluate.add_argument(
+        "--out", type=Path, help="folder for evaluation.json and the confusion matrix (default: the checkpoint's folder)"
+    )
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
     predict = commands.add_parser("predict", help="class of each image file")

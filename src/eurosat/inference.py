@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from eurosat.datasets import IGNORE_INDEX, BatchLoader, as_tensor, load_configured_splits, to_input
+from eurosat import evaluation
+from eurosat.datasets import IGNORE_INDEX, BatchLoader, EuroSATSplits, as_tensor, load_configured_splits, to_input
 from eurosat.errors import UserError
 from eurosat.files import IMAGE_FORMATS
 from eurosat.reading import read_image
@@ -71,17 +72,38 @@ def check_classes(given, trained, data_dir) -> None:
         )
 
 
+def evaluate_split(model, data: EuroSATSplits, device, batch_size: int) -> dict:
+    """The model on the whole validation split, in this one process (every image once): val_loss, val_acc,
+    val_samples and eurosat.evaluation's class report."""
+    loader = BatchLoader(data.val, batch_size, shuffle=False, for_cuda=device.type == "cuda")
+    targets, predicted, loss_sum = evaluation.predictions(model, loader, data.scale, device)
+    report = evaluation.class_report(targets, predicted, list(data.classes))
+    return {"val_loss": loss_sum / report["samples"], "val_acc": report["accuracy"], "val_samples": report["samples"], **report}
+
+
+def report_evaluation(result: dict, directory: Path):
+    """Print the class table and write evaluation.json, confusion_matrix.csv and confusion_matrix.png (returned as
+    an RGB array)."""
+    print(evaluation.table(result))
+    picture = evaluation.write(result, directory)
+    print(f"evaluation: {directory / 'evaluation.json'}, {', '.join(evaluation.FILES[1:])}", flush=True)
+    return picture
+
+
 def evaluate_command(model, run_config: dict, args, device) -> dict:
     """The `evaluate` sub-command: the run's validation split, or the same split of another --data folder."""
     config = {**run_config, "data": args.data or run_config["data"], "cache_dir": args.cache_dir or run_config["cache_dir"]}
     data = load_configured_splits(config)
     check_classes(data.classes, run_config["classes"], config["data"])
-    loader = BatchLoader(data.val, args.batch_size, shuffle=False, for_cuda=device.type == "cuda")
-    loss_sum, correct, seen = evaluate(model, loader, data.scale, device).tolist()
-    result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_samples": int(seen)}
+    result = evaluate_split(model, data, device, args.batch_size)
+    result = {"checkpoint": str(args.checkpoint), "data": str(config["data"]), **result}
     print(
-        f"val_loss {result['val_loss']:.4f} val_acc {result['val_acc']:.4f} on {int(seen)} validation images of {config['data']}"
+        f"val_loss {result['val_loss']:.4f} val_acc {result['val_acc']:.4f} on {result['val_samples']} validation images of "
+        f"{config['data']}"
     )
+    out = args.out or Path(args.checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+    report_evaluation(result, out)
     return result
 
 

@@ -25,11 +25,11 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from eurosat.cli import build_parser, parse_args, run_cli
-from eurosat.datasets import EuroSATSplits
+from eurosat.datasets import EuroSATSplits, load_configured_splits
 from eurosat.errors import UserError
 from eurosat.files import list_files
 from eurosat.gpu import resolve_device
-from eurosat.inference import evaluate_command, predict_command
+from eurosat.inference import evaluate_command, evaluate_split, predict_command, report_evaluation
 from eurosat.models import build_model, check_model_name
 from eurosat.runs import (
     MetricsLog,
@@ -260,6 +260,28 @@ class Run:
             self.stop.signum,
         )
 
+    def evaluate(self, experiment: Experiment) -> None:
+        """The finished run's best checkpoint on its whole validation split, in the main process alone (so every image
+        is counted once, whatever the number of ranks), in fp32, as `evaluate` does it: the class table, evaluation.json
+        and the confusion matrix (CSV, PNG, TensorBoard image, MLflow metrics and artifacts)."""
+        device = resolve_device(self.config["device"])
+        checkpoint = self.directory / "best.ckpt"
+        model, _ = trained_model(experiment, checkpoint, device)
+        data = load_configured_splits(self.config, progress=False)
+        result = {"checkpoint": str(checkpoint), "data": self.config["data"]}
+        result.update(evaluate_split(model, data, device, self.config["batch_size"]))
+        picture = report_evaluation(result, self.directory)
+        epoch = len(self.history)
+        with SummaryWriter(str(self.directory / "tensorboard")) as writer:
+            writer.add_image("confusion_matrix", picture, epoch, dataformats="HWC")
+        if self.tracker:
+            summary = {
+                f"{average}_{name}": result["averages"][average][name]
+                for average in ("macro", "weighted")
+                for name in ("precision", "recall", "f1")
+            }
+            self.tracker.log_epoch({**summary, "epoch": epoch}, summary)
+
     def finish(self) -> None:
         if self.is_main:
             self.writer.close()
@@ -279,6 +301,8 @@ def train(experiment: Experiment, args) -> list[dict]:
     status = "FAILED"  # the MLflow run's end state
     try:
         experiment.fit(run)
+        if run.is_main:
+            run.evaluate(experiment)
         status = "FINISHED"
     except Stopped as stopped:
         status = "KILLED"

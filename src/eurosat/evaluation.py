@@ -1,0 +1,117 @@
+"""Per-class metrics and the confusion matrix of a classifier on a validation split: computed with scikit-learn,
+printed as a table, written as evaluation.json, confusion_matrix.csv and confusion_matrix.png."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eurosat.datasets import IGNORE_INDEX, to_input
+from eurosat.runs import write_json
+
+FILES = ("evaluation.json", "confusion_matrix.csv", "confusion_matrix.png")
+
+
+@torch.no_grad()
+def predictions(model, loader, scale: float, device: torch.device, amp_dtype=None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(true labels, predicted labels, summed loss) over the loader, the padding left out."""
+    model.eval()
+    targets, predicted, loss_sum = [], [], torch.zeros((), device=device, dtype=torch.float64)
+    for images, labels in loader:
+        x, y = to_input(images, scale, device), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum", ignore_index=IGNORE_INDEX)
+        kept = y != IGNORE_INDEX
+        targets.append(y[kept].cpu())
+        predicted.append(logits.argmax(1)[kept].cpu())
+    return torch.cat(targets).numpy(), torch.cat(predicted).numpy(), float(loss_sum)
+
+
+def class_report(targets, predicted, classes: list[str]) -> dict:
+    """Precision, recall, F1 and support per class, their macro and weighted averages, accuracy and the confusion
+    matrix (rows: true class, columns: predicted class), scikit-learn's figures."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(targets, predicted, labels=labels, zero_division=0)
+    per_class = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+    }
+    averages = {}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(targets, predicted, labels=labels, average=average, zero_division=0)
+        averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(len(targets))}
+    return {
+        "classes": list(classes),
+        "samples": int(len(targets)),
+        "accuracy": float(accuracy_score(targets, predicted)),
+        "per_class": per_class,
+        "averages": averages,
+        "confusion_matrix": confusion_matrix(targets, predicted, labels=labels).tolist(),
+    }
+
+
+def table(report: dict) -> str:
+    """The report as an aligned text table, laid out as scikit-learn's classification_report prints it."""
+    width = max(len(name) for name in [*report["classes"], "weighted avg"])
+
+    def line(name, row) -> str:
+        return f"{name:>{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:8.4f}  {row['support']:7d}"
+
+    lines = [f"{'':>{width}}  precision  recall  f1-score  support"]
+    lines += [line(name, report["per_class"][name]) for name in report["classes"]]
+    lines += ["", f"{'accuracy':>{width}}  {'':9}  {'':6}  {report['accuracy']:8.4f}  {report['samples']:7d}"]
+    lines += [line(f"{average} avg", report["averages"][average]) for average in ("macro", "weighted")]
+    return "\n".join(lines)
+
+
+def confusion_figure(report: dict):
+    """The confusion matrix as a matplotlib figure: counts, and each row's shares (recall on the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    matrix = np.asarray(report["confusion_matrix"])
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    classes = report["classes"]
+    figure, axes = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 0.6 + 0.65 * len(classes)), dpi=100)
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(matrix):
+        if count == 0 and row != column:  # an empty cell stays blank, so the mistakes stand out
+            continue
+        color = "white" if shares[row, column] > 0.5 else "black"
+        axes.text(column, row, f"{count}\n{shares[row, column]:.0%}", ha="center", va="center", fontsize=7, color=color)
+    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(len(classes)), classes, fontsize=8)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(f"confusion matrix: {report['samples']} images, accuracy {report['accuracy']:.4f}", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def write(report: dict, directory: Path) -> np.ndarray:
+    """evaluation.json, confusion_matrix.csv (a header row of predicted classes) and confusion_matrix.png; returns
+    the picture (height x width x RGB), drawn once, for TensorBoard."""
+    from matplotlib import image
+    from matplotlib import pyplot as plt
+
+    write_json(directory / "evaluation.json", report)
+    with open(directory / "confusion_matrix.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["true \\ predicted", *report["classes"]])
+        for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
+            writer.writerow([name, *row])
+    figure = confusion_figure(report)
+    figure.canvas.draw()
+    picture = np.asarray(figure.canvas.buffer_rgba())[:, :, :3].copy()
+    plt.close(figure)
+    image.imsave(directory / "confusion_matrix.png", picture)
+    return picture
