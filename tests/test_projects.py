@@ -1,6 +1,7 @@
 """Every project under projects/, through its train.py's main(argv) in this process: training, the run directory,
 resume, evaluate, predict, and the lifecycle's checks of what it is handed. A new project is picked up by itself."""
 
+import csv
 import json
 import shutil
 
@@ -120,6 +121,52 @@ def test_evaluate_and_predict(trained, sample_dir, tmp_path):
     assert all(0 < float(p) <= 1 for _, _, p in lines)
     correct = sum(f.parent.name == label for f, (_, label, _) in zip(files, lines, strict=True))
     assert correct >= 8  # of 12; chance is about 1
+
+
+def test_predict_over_folders_equals_predict_file_by_file(trained, sample_dir, tmp_path):
+    """Folders are searched recursively for the trained format (hidden files, OS litter and other formats left out),
+    predicted in batches; --output writes path, class, probability and the top 3 as CSV, one row per image."""
+    project, run_dir, _ = trained
+    folder = tmp_path / "scenes"
+    shutil.copytree(sample_dir / "River", folder / "north" / "River")
+    shutil.copytree(sample_dir / "Forest", folder / "Forest")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    (folder / "Forest" / "Thumbs.db").write_bytes(b"\0")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "preview.jpg")
+    extra = sample_dir / "SeaLake" / "SeaLake_1.tif"
+    output = tmp_path / "predictions.csv"
+    result = main_in_process(project, "predict", run_dir / "best.ckpt", folder, extra, "--output", output, "--batch-size", "7")
+    rows = list(csv.DictReader(output.open()))
+    images = sorted((folder / "Forest").glob("*.tif")) + sorted((folder / "north" / "River").glob("*.tif")) + [extra]
+    assert [row["path"] for row in rows] == [str(path) for path in images]
+    assert result.stdout.strip() == f"predictions: {len(images)} images -> {output}"
+    assert list(rows[0]) == ["path", "class", "probability", "class_1", "probability_1", "class_2", "probability_2",
+                             "class_3", "probability_3"]  # fmt: skip
+    for row in rows:
+        top = [float(row[f"probability_{rank}"]) for rank in (1, 2, 3)]
+        assert row["class_1"] == row["class"] and top[0] == float(row["probability"])
+        assert top == sorted(top, reverse=True) and sum(top) <= 1 + 1e-5 and len({row[f"class_{r}"] for r in (1, 2, 3)}) == 3
+
+    one_by_one = main_in_process(project, "predict", run_dir / "best.ckpt", *images[::9]).stdout.splitlines()
+    by_path = {row["path"]: row for row in rows}
+    for path, label, probability in (line.split("\t") for line in one_by_one):
+        assert by_path[path]["class"] == label and float(by_path[path]["probability"]) == pytest.approx(
+            float(probability), abs=1e-4
+        )
+
+
+def test_predict_over_an_empty_folder_or_a_missing_path_is_one_line(trained, tmp_path):
+    project, run_dir, _ = trained
+    (tmp_path / "empty" / ".ipynb_checkpoints").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    result = main_in_process(project, "predict", run_dir / "best.ckpt", tmp_path / "empty", check=False)
+    assert_one_line(result, f"{tmp_path / 'empty'}: no .tif images in it or its sub-folders")
+    result = main_in_process(project, "predict", run_dir / "best.ckpt", tmp_path / "nothing", check=False)
+    assert_one_line(result, f"{tmp_path / 'nothing'}: no such file or folder")
+    output = tmp_path / "kept.csv"
+    output.write_text("earlier predictions\n")
+    result = main_in_process(project, "predict", run_dir / "best.ckpt", tmp_path / "empty", "--output", output, check=False)
+    assert result.returncode == 2 and output.read_text() == "earlier predictions\n"  # nothing written is lost
 
 
 def assert_one_line(result, *expected):

@@ -96,9 +96,11 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     )
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
-    predict = commands.add_parser("predict", help="class of each image file")
+    predict = commands.add_parser("predict", help="class of each image file, or of every image in folders")
     predict.add_argument("checkpoint", type=Path)
-    predict.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    predict.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files and folders (searched recursively)")
+    predict.add_argument("--output", type=Path, help="write path,class,probability and the top 3 classes as CSV here")
+    predict.add_argument("--batch-size", type=positive_int, default=256)
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return parser, {"train": train, "evaluate": evaluate, "predict": predict}
 

@@ -57,6 +57,19 @@ def find_root(data_dir: Path) -> Path:
     raise UserError(f"no EuroSAT class folders with .tif or .jpg images under {data_dir}: {NO_DATA_HINT}")
 
 
+def images_under(folder: Path, image_format: str) -> list[Path]:
+    """Every image of one format in a folder and its sub-folders, sorted; hidden files and OS litter left out."""
+    found = []
+    for path in sorted(Path(folder).iterdir()):
+        if not _visible(path):
+            continue
+        if path.is_dir():
+            found += images_under(path, image_format)
+        elif IMAGE_FORMATS.get(path.suffix.lower()) == image_format:
+            found.append(path)
+    return found
+
+
 def list_files(data_dir: Path) -> FileList:
     root = find_root(data_dir)
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p)))

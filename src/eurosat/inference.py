@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from eurosat import evaluation
 from eurosat.datasets import IGNORE_INDEX, BatchLoader, EuroSATSplits, as_tensor, load_configured_splits, to_input
 from eurosat.errors import UserError
-from eurosat.files import IMAGE_FORMATS
+from eurosat.files import IMAGE_FORMATS, images_under
 from eurosat.reading import read_image
 
 
@@ -31,33 +32,77 @@ def evaluate(model, loader, scale: float, device: torch.device, amp_dtype=None) 
 
 def check_input(path: Path, image, trained: dict) -> None:
     """An image unlike the ones the model was trained on (format, so scaling; bands in the file; size) is one line,
-    never a prediction made with the wrong scaling or the wrong bands."""
+    never a prediction made with the wrong scaling or the wrong bands. With image None, the format alone."""
     image_format = IMAGE_FORMATS.get(Path(path).suffix.lower())
-    height, width, bands = image.shape
     size = f"{trained['height']}x{trained['width']}"
     expected = f"the model was trained on {size} {trained['format']} images with {trained['bands']} bands"
     if image_format != trained["format"]:
         raise UserError(f"{path} is not a {trained['format']} file: {expected}; predict with a model trained on such files")
+    if image is None:
+        return
+    height, width, bands = image.shape
     if bands != trained["bands"] or (height, width) != (trained["height"], trained["width"]):
         raise UserError(f"{path} is {height}x{width} with {bands} bands: {expected}")
 
 
+def prediction_inputs(paths: list[Path], trained: dict) -> list[Path]:
+    """The files named, and the images of the trained format in the folders named (recursively), in that order."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = images_under(path, trained["format"])
+            if not found:
+                raise UserError(
+                    f"{path}: no .{trained['format']} images in it or its sub-folders; the model was trained on those"
+                )
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    return files
+
+
 @torch.no_grad()
-def predict_files(model, files: list[Path], config: dict, device) -> list[tuple[Path, str, float]]:
-    """(file, predicted class, probability) for each image file, read with the training band choice."""
+def predict_files(model, files: list[Path], config: dict, device, batch_size: int = 256, top: int = 3) -> list[dict]:
+    """For each image file, read with the training band choice and checked against the training input: its path,
+    predicted class and probability, and the `top` most likely classes with theirs. In batches."""
     model.eval()
-    bands, classes = config["bands_resolved"], config["classes"]
+    bands, classes = list(config["bands_resolved"]), config["classes"]
     results = []
-    for path in files:
-        if not Path(path).is_file():
-            raise UserError(f"{path}: no such file")
-        image = read_image(path)
-        check_input(path, image, config["input"])
-        x = as_tensor(image[:, :, list(bands)].transpose(2, 0, 1).copy(), device.type == "cuda")[None]
-        probs = model(to_input(x, config["scale"], device)).float().softmax(1)[0]
-        label = int(probs.argmax())
-        results.append((Path(path), classes[label], float(probs[label])))
+    for first in range(0, len(files), batch_size):
+        batch = []
+        for path in files[first : first + batch_size]:
+            check_input(path, None, config["input"])  # before reading: a file of another kind is not "corrupt"
+            image = read_image(path)
+            check_input(path, image, config["input"])
+            batch.append(as_tensor(image[:, :, bands].transpose(2, 0, 1).copy(), device.type == "cuda"))
+        probs = model(to_input(torch.stack(batch), config["scale"], device)).float().softmax(1).cpu()
+        values, labels = probs.topk(min(top, len(classes)), dim=1)
+        for path, value, label in zip(files[first : first + batch_size], values.tolist(), labels.tolist(), strict=True):
+            ranked = [(classes[i], p) for i, p in zip(label, value, strict=True)]
+            results.append({"path": Path(path), "class": ranked[0][0], "probability": ranked[0][1], "top": ranked})
     return results
+
+
+def write_predictions(results: list[dict], output: Path) -> None:
+    """path,class,probability and the top classes as CSV, written whole or not at all."""
+    top = len(results[0]["top"])
+    header = ["path", "class", "probability"] + [
+        f"{kind}_{rank}" for rank in range(1, top + 1) for kind in ("class", "probability")
+    ]
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        with open(partial, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(header)
+            for result in results:
+                ranked = [value for name, p in result["top"] for value in (name, f"{p:.6f}")]
+                writer.writerow([str(result["path"]), result["class"], f"{result['probability']:.6f}", *ranked])
+        partial.replace(output)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UserError(f"--output {output}: cannot write it ({exc.strerror}); pick a writable path") from None
 
 
 def check_classes(given, trained, data_dir) -> None:
@@ -107,9 +152,14 @@ def evaluate_command(model, run_config: dict, args, device) -> dict:
     return result
 
 
-def predict_command(model, files, config: dict, device) -> list:
-    """The `predict` sub-command: one `file<TAB>class<TAB>probability` line per file."""
-    results = predict_files(model, files, config, device)
-    for path, label, probability in results:
-        print(f"{path}\t{label}\t{probability:.4f}")
+def predict_command(model, args, config: dict, device) -> list[dict]:
+    """The `predict` sub-command: files and folders; one `file<TAB>class<TAB>probability` line per image, or with
+    --output a CSV of them with the top classes."""
+    results = predict_files(model, prediction_inputs(args.paths, config["input"]), config, device, args.batch_size)
+    if args.output:
+        write_predictions(results, args.output)
+        print(f"predictions: {len(results)} images -> {args.output}")
+    else:
+        for result in results:
+            print(f"{result['path']}\t{result['class']}\t{result['probability']:.4f}")
     return results

@@ -350,7 +350,7 @@ def evaluate_checkpoint(experiment: Experiment, args) -> dict:
 def predict_checkpoint(experiment: Experiment, args) -> list:
     device = resolve_device(args.device)
     model, config = trained_model(experiment, args.checkpoint, device)
-    return predict_command(model, args.files, config, device)
+    return predict_command(model, args, config, device)
 
 
 def make_parser(experiment: Experiment):
