@@ -73,7 +73,7 @@ VENV_PY := $(VENV)/bin/python
 # Node tools (package-lock.json): the Dev Containers CLI the dev container tests drive
 NODE_STAMP := node_modules/.installed
 
-.PHONY: help venv bench gpu-check reproduce cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
+.PHONY: help venv bench gpu-check reproduce report cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
 	new-project doctor check-project check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
 	slurm-image slurm-up slurm-shell slurm-down weights
 
@@ -136,6 +136,10 @@ weights: $(VENV_STAMP) ## download MODEL's pretrained weights (a timm name) into
 reproduce: $(VENV_STAMP) ## train a recorded run again, warn about every provenance difference, compare metrics: RUN=runs/<project>/<id>
 	@[[ -n "$(RUN)" ]] || { echo "error: pass RUN=runs/<project>/<run-id> (a run directory to reproduce)" >&2; exit 2; }
 	$(VENV_PY) -m eurosat.reproduce "$(RUN)"
+
+report: $(VENV_STAMP) ## report.md and report.png (curves, confusion matrix, settings, provenance) in a run directory: RUN=runs/<project>/<id>
+	@[[ -n "$(RUN)" ]] || { echo "error: pass RUN=runs/<project>/<run-id> (a run directory to report on)" >&2; exit 2; }
+	$(VENV_PY) -m eurosat.report "$(RUN)"
 
 bench: $(VENV_STAMP) ## the articles' baseline vs this project on DATA, within --budget (ARGS: --device, --budget ...)
 	$(VENV_PY) bench/run.py --data $(DATA) --project $(PROJECT) $(ARGS)

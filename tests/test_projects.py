@@ -4,6 +4,7 @@ resume, evaluate, predict, and the lifecycle's checks of what it is handed. A ne
 import csv
 import json
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from helpers import MODEL, PROJECTS, SMALL, assert_same_weights, main_in_process
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from eurosat import report
 from eurosat.timeline import Timeline
 from eurosat.training import cpu_has_native_bf16, set_matmul_precision
 
@@ -167,6 +169,35 @@ def test_predict_over_an_empty_folder_or_a_missing_path_is_one_line(trained, tmp
     output.write_text("earlier predictions\n")
     result = main_in_process(project, "predict", run_dir / "best.ckpt", tmp_path / "empty", "--output", output, check=False)
     assert result.returncode == 2 and output.read_text() == "earlier predictions\n"  # nothing written is lost
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_a_report_of_the_run_without_jupyter(trained, tmp_path):
+    """report.png (curves and the confusion matrix) and report.md (settings, provenance, epochs, classes); a run that
+    did not finish has no evaluation.json and gets the curves alone."""
+    project, run_dir, _ = trained
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    report.main([str(copy)])
+    text = (copy / "report.md").read_text()
+    assert text.startswith(f"# Run {copy.name}\n") and "![learning curves and confusion matrix](report.png)" in text
+    assert f"| project | {project} |" in text and f"| model | {MODEL} |" in text
+    commit = json.loads((copy / "provenance.json").read_text())["git"]["commit"]
+    assert f"| git commit | {commit}" in text and "| hardware | cpu x1, no GPU, " in text
+    epochs = [line for line in text.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert [line.split("|")[5].strip() for line in epochs] == [f"{r['val_acc']:.4f}" for r in read_metrics(copy)]
+    assert "best.ckpt on 108 validation images:" in text and "weighted avg" in text and "SeaLake" in text
+    assert png_size(copy / "report.png") == (1500, 440)  # three panels
+
+    (copy / "evaluation.json").unlink()
+    report.main([str(copy)])
+    assert "No evaluation.json: the run did not finish." in (copy / "report.md").read_text()
+    assert png_size(copy / "report.png") == (1000, 440)  # the curves alone
 
 
 def assert_one_line(result, *expected):

@@ -47,3 +47,23 @@ def test_make_reproduce_without_a_run_says_what_to_pass(tmp_path):
     result = run("make", "reproduce", f"RUN={tmp_path / 'nope'}", check=False)
     assert result.returncode != 0 and f"error: RUN={tmp_path / 'nope'}: no such run directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_make_report_writes_into_the_run_directory(sample_dir, tmp_path):
+    run_project(PROJECTS[0], "train", "--data", sample_dir, "--out", tmp_path, "--epochs", "1", *SMALL)
+    run_dir = single_run_dir(tmp_path)
+    result = run("make", "report", f"RUN={run_dir}")
+    assert result.stdout.splitlines()[-2:] == [f"wrote {run_dir / 'report.md'}", f"wrote {run_dir / 'report.png'}"]
+    assert (run_dir / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("settings", "line"),
+    [
+        ([], "error: pass RUN=runs/<project>/<run-id> (a run directory to report on)"),
+        (["RUN=runs/nope"], "error: RUN=runs/nope: no such run directory; pass RUN=runs/<project>/<run-id>"),
+    ],
+)
+def test_make_report_without_a_run_is_one_line(settings, line):
+    result = run("make", "report", *settings, check=False)
+    assert result.returncode == 2 and result.stderr.splitlines()[0] == line and "Traceback" not in result.stderr

@@ -1,0 +1,134 @@
+"""make report RUN=runs/<project>/<id>: a run on one page without Jupyter. report.png (learning curves and the
+confusion matrix) and report.md (settings, provenance, the epochs, the classes) in the run directory.
+
+python -m eurosat.report RUN_DIR
+"""
+
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser, RawDescriptionHelpFormatter
+from pathlib import Path
+
+import numpy as np
+
+from eurosat.cli import run_cli
+from eurosat.errors import UserError
+from eurosat.evaluation import table
+from eurosat.reproduce import read_run
+
+EVALUATION_KEYS = {"checkpoint", "samples", "accuracy", "classes", "per_class", "averages", "confusion_matrix"}
+EVALUATE_AGAIN = "write it again with `python projects/<project>/train.py evaluate RUN/best.ckpt`"
+SETTINGS = ("project", "model", "epochs", "batch_size", "lr", "precision_resolved", "world_size", "seed", "data")
+
+
+def read_evaluation(run_dir: Path) -> dict | None:
+    """The end-of-run evaluation, or None for a run that did not finish (stopped, or older than evaluation.json)."""
+    path = run_dir / "evaluation.json"
+    try:
+        evaluation = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise UserError(f"{path} is not JSON ({exc}): {EVALUATE_AGAIN}") from None
+    missing = sorted(EVALUATION_KEYS - set(evaluation))
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: {EVALUATE_AGAIN}")
+    return evaluation
+
+
+def figure(metrics: list[dict], evaluation: dict | None):
+    """Loss and accuracy per epoch (training and validation) and, when there is one, the row-normalised confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    panels = 3 if evaluation else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.4), dpi=100)
+    epochs = [record["epoch"] for record in metrics]
+    for ax, name in zip(axes, ("loss", "acc"), strict=False):
+        ax.plot(epochs, [record[name] for record in metrics], marker="o", label="training")
+        ax.plot(epochs, [record[f"val_{name}"] for record in metrics], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title({"loss": "cross-entropy loss", "acc": "accuracy"}[name])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if evaluation:
+        matrix = np.asarray(evaluation["confusion_matrix"])
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        ax = axes[2]
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        classes = evaluation["classes"]
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"confusion matrix (share of each true class), accuracy {evaluation['accuracy']:.4f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def markdown(run_dir: Path, config: dict, provenance: dict, metrics: list[dict], evaluation: dict | None) -> str:
+    versions, hardware = provenance.get("versions", {}), provenance.get("hardware", {})
+    git, gpus = provenance.get("git", {}), ", ".join(hardware.get("gpus") or []) or "no GPU"
+    lines = [f"# Run {run_dir.name}", "", "![learning curves and confusion matrix](report.png)", "", "## Settings", ""]
+    lines += ["| setting | value |", "|---|---|"] + [f"| {key} | {config.get(key)} |" for key in SETTINGS]
+    lines += ["", "## Provenance", "", "| | |", "|---|---|"]
+    lines += [
+        f"| started | {provenance.get('started')} |",
+        f"| git commit | {git.get('commit')}{' (uncommitted changes)' if git.get('dirty') else ''} |",
+        f"| lockfile sha256 | {provenance.get('lockfile', {}).get('sha256')} |",
+        f"| container image | {provenance.get('container', {}).get('image_id') or 'none'} |",
+        f"| versions | {', '.join(f'{name} {version}' for name, version in versions.items())} |",
+        f"| hardware | {hardware.get('device')} x{hardware.get('world_size')}, {gpus}, {hardware.get('cpus')} CPUs |",
+    ]
+    lines += [
+        "",
+        "## Epochs",
+        "",
+        "| epoch | loss | acc | val_loss | val_acc | images/s | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in metrics:
+        lines.append(
+            f"| {r['epoch']} | {r['loss']:.4f} | {r['acc']:.4f} | {r['val_loss']:.4f} | {r['val_acc']:.4f} "
+            f"| {r['images_per_s']:.0f} | {r['seconds']:.1f} |"
+        )
+    lines += ["", "## Classes", ""]
+    if evaluation:
+        lines += [f"{Path(evaluation['checkpoint']).name} on {evaluation['samples']} validation images:", "", "```"]
+        lines += [table(evaluation), "```"]
+    else:
+        lines.append("No evaluation.json: the run did not finish. Evaluate a checkpoint with its train.py `evaluate`.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path) -> tuple[Path, Path]:
+    from matplotlib import pyplot as plt
+
+    config, provenance, metrics = read_run(run_dir)
+    if not metrics:
+        raise UserError(f"RUN={run_dir} has no finished epoch yet: nothing to report")
+    evaluation = read_evaluation(run_dir)
+    fig = figure(metrics, evaluation)
+    fig.savefig(run_dir / "report.png")
+    plt.close(fig)
+    (run_dir / "report.md").write_text(markdown(run_dir, config, provenance, metrics, evaluation))
+    return run_dir / "report.md", run_dir / "report.png"
+
+
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, metavar="RUN", help="a run directory, runs/<project>/<run-id>")
+    args = parser.parse_args(argv)
+    if not args.run.is_dir():
+        raise UserError(f"RUN={args.run}: no such run directory; pass RUN=runs/<project>/<run-id>")
+    for path in write_report(args.run):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
