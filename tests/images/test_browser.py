@@ -91,6 +91,28 @@ def test_jupyterlab_lists_opens_and_runs_the_notebook(jupyter, browser):
     print(f"\nscreenshot: {screenshot(browser, 'jupyterlab')}")
 
 
+def test_the_explore_notebook_draws_its_figures_in_jupyterlab(jupyter, browser):
+    """explore.ipynb opened and run (Run > Run All Cells) in the browser: its three figures are rendered on the page
+    (the screenshot in the README)."""
+    browser.get(jupyter.replace("/lab?", "/lab/tree/notebooks/explore.ipynb?"))  # JupyterLab opens the file
+    tab = "//*[contains(@class, 'lm-mod-current')]//*[contains(@class, 'lm-TabBar-tabLabel')][text()='explore.ipynb']"
+    wait_for(browser, tab, seconds=120, by=By.XPATH)  # the status bar now speaks of this notebook's kernel
+    wait_for(browser, "//*[contains(@class, 'jp-StatusBar')]//*[contains(text(), '| Idle')]", seconds=120, by=By.XPATH)
+    wait_for(browser, "//*[contains(@class, 'lm-MenuBar-itemLabel')][text()='Run']", by=By.XPATH).click()
+    wait_for(browser, "//*[contains(@class, 'lm-Menu-itemLabel')][text()='Run All Cells']", by=By.XPATH).click()
+    figures = "//*[contains(@class, 'jp-RenderedImage')]/img"
+    try:
+        WebDriverWait(browser, 180).until(lambda driver: len(driver.find_elements(By.XPATH, figures)) == 3)
+    except TimeoutException:
+        raise AssertionError(f"explore.ipynb did not draw its 3 figures: see {screenshot(browser, 'failed')}") from None
+    for image in browser.find_elements(By.XPATH, figures):
+        assert image.get_attribute("src").startswith("data:image/png;base64,")
+        assert browser.execute_script("return arguments[0].naturalWidth", image) > 300  # a decoded picture
+    assert "Error" not in browser.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden)").text
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_elements(By.XPATH, figures)[1])
+    print(f"\nscreenshot: {screenshot(browser, 'explore')}")
+
+
 def test_jupyterlab_without_the_token_asks_for_one(jupyter, browser):
     browser.get(jupyter.split("?")[0])  # the same URL, without ?token=
     field = wait_for(browser, "input[type='password']")

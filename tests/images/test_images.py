@@ -207,10 +207,14 @@ def test_a_container_meant_to_see_the_hosts_gpus_stops_instead_of_training_on_th
     assert "Epoch 1/1 loss" in result.stdout
 
 
-def test_notebook_trains_inside_the_jupyter_image(built_images, sample_dir):
+def test_the_notebooks_run_top_to_bottom_inside_the_jupyter_image(built_images, sample_dir):
+    """train.ipynb trains a run; explore.ipynb draws the data; results.ipynb the newest run (that one)."""
     make("execute", "NOTEBOOK=notebooks/train.ipynb", f"DATA={sample_dir}", timeout=900)
     newest = max((REPO / "runs" / "notebook").iterdir(), key=lambda p: p.stat().st_mtime)
     try:
         assert [json.loads(line)["epoch"] for line in (newest / "metrics.jsonl").read_text().splitlines()] == [1]
+        for notebook in ("explore", "results"):  # each ends with a cell that asserts what it drew (a failure fails make)
+            executed = make("execute", f"NOTEBOOK=notebooks/{notebook}.ipynb", f"DATA={sample_dir}", timeout=900)
+            assert f"Executing notebooks/{notebook}.ipynb" in executed.stderr
     finally:
         shutil.rmtree(newest)
