@@ -288,6 +288,15 @@ def test_in_image_rows_on_a_cpu_host_and_on_a_gpu_host():
 # --- for real ------------------------------------------------------------------------------------------------
 
 
+def test_a_client_that_reaches_no_engine_is_no_engine():
+    """Debian's docker 20.10 client exits 0 when its engine is down, with the error inside the JSON (recorded)."""
+    text = (
+        '{"ServerErrors":["Cannot connect to the Docker daemon at unix:///nonexistent/docker.sock. Is the docker daemon '
+        'running?"],"ClientInfo":{"Debug":false,"Context":"default","Plugins":[],"Warnings":null}}'
+    )
+    assert doctor.parse_engine_info(text) is None
+
+
 def test_make_doctor_without_an_engine_says_so_and_exits_0():
     env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     result = subprocess.run(["make", "doctor"], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)

@@ -60,9 +60,12 @@ def parse_nvidia_smi(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, (value.strip() for value in row), strict=False)) for row in rows[1:] if row]
 
 
-def parse_engine_info(text: str) -> dict:
-    """`docker info --format '{{json .}}'` (or Podman's `podman info`), reduced to what the checks read."""
+def parse_engine_info(text: str) -> dict | None:
+    """`docker info --format '{{json .}}'` (or Podman's `podman info`), reduced to what the checks read; None when
+    no engine answered (a 20.10 client, Debian's, then exits 0 with only ServerErrors and its client's info)."""
     info = json.loads(text)
+    if info.get("ServerErrors") and "ServerVersion" not in info:
+        return None
     if "host" in info and "version" in info:  # Podman: CDI is built in and reads the default directories
         return {
             "engine": "podman",
