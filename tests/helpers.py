@@ -57,9 +57,9 @@ def wait_until_serving(url: str, server: subprocess.Popen, what: str, seconds: f
             time.sleep(0.3)
 
 
-def run(*args, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+def run(*args, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """A real process, as a user starts it, from the repository root."""
-    result = subprocess.run([str(a) for a in args], cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs)
+    result = subprocess.run([str(a) for a in args], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result

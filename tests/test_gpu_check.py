@@ -18,7 +18,9 @@ BENCH = "--batch-size 32 --workers 0 --warmup-steps 1 --steps 2 --accuracy-epoch
 def test_gpu_check_runs_every_step_and_writes_one_report(tmp_path):
     out, models = tmp_path / "results", tmp_path / "models"
     args = f"--device cpu --fraction 0.005 --budget 1800 --out {out} --train-args '{TRAIN}' --bench-args '{BENCH}'"
-    result = run("make", "gpu-check", f"MODEL_CACHE={models}", f"ARGS={args}", f"GPU_CHECK_PYTHON={sys.executable}")
+    result = run(  # seven steps in their own processes: minutes on a slow 2-core machine, within the budget above
+        "make", "gpu-check", f"MODEL_CACHE={models}", f"ARGS={args}", f"GPU_CHECK_PYTHON={sys.executable}", timeout=1800
+    )
     (report_file,) = out.glob("gpu-check-*.json")
     report = json.loads(report_file.read_text())
     assert [step["name"] for step in report["steps"]] == STEPS and all(step["ok"] for step in report["steps"])
