@@ -71,6 +71,23 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def draw_matrix(axes, report: dict, counts: bool, fontsize: int) -> None:
+    """The confusion matrix on matplotlib axes, coloured by each row's shares; with counts, each cell's count and share."""
+    matrix = np.asarray(report["confusion_matrix"])
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(matrix) if counts else ():
+        if count == 0 and row != column:  # an empty cell stays blank, so the mistakes stand out
+            continue
+        color = "white" if shares[row, column] > 0.5 else "black"
+        axes.text(column, row, f"{count}\n{shares[row, column]:.0%}", ha="center", va="center", fontsize=7, color=color)
+    classes = report["classes"]
+    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=fontsize)
+    axes.set_yticks(range(len(classes)), classes, fontsize=fontsize)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+
+
 def confusion_figure(report: dict):
     """The confusion matrix as a matplotlib figure: counts, and each row's shares (recall on the diagonal)."""
     import matplotlib
@@ -78,20 +95,9 @@ def confusion_figure(report: dict):
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    matrix = np.asarray(report["confusion_matrix"])
-    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     classes = report["classes"]
     figure, axes = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 0.6 + 0.65 * len(classes)), dpi=100)
-    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    for (row, column), count in np.ndenumerate(matrix):
-        if count == 0 and row != column:  # an empty cell stays blank, so the mistakes stand out
-            continue
-        color = "white" if shares[row, column] > 0.5 else "black"
-        axes.text(column, row, f"{count}\n{shares[row, column]:.0%}", ha="center", va="center", fontsize=7, color=color)
-    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
-    axes.set_yticks(range(len(classes)), classes, fontsize=8)
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
+    draw_matrix(axes, report, counts=True, fontsize=8)
     axes.set_title(f"confusion matrix: {report['samples']} images, accuracy {report['accuracy']:.4f}", fontsize=9)
     figure.tight_layout()
     return figure

@@ -10,11 +10,9 @@ import json
 from argparse import ArgumentParser, RawDescriptionHelpFormatter
 from pathlib import Path
 
-import numpy as np
-
 from eurosat.cli import run_cli
 from eurosat.errors import UserError
-from eurosat.evaluation import table
+from eurosat.evaluation import draw_matrix, table
 from eurosat.reproduce import read_run
 
 EVALUATION_KEYS = {"checkpoint", "samples", "accuracy", "classes", "per_class", "averages", "confusion_matrix"}
@@ -57,16 +55,8 @@ def figure(metrics: list[dict], evaluation: dict | None):
         ax.grid(alpha=0.3)
         ax.legend()
     if evaluation:
-        matrix = np.asarray(evaluation["confusion_matrix"])
-        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-        ax = axes[2]
-        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-        classes = evaluation["classes"]
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(classes)), classes, fontsize=7)
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        ax.set_title(f"confusion matrix (share of each true class), accuracy {evaluation['accuracy']:.4f}", fontsize=9)
+        draw_matrix(axes[2], evaluation, counts=False, fontsize=7)
+        axes[2].set_title(f"confusion matrix (share of each true class), accuracy {evaluation['accuracy']:.4f}", fontsize=9)
     fig.tight_layout()
     return fig
 
