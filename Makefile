@@ -72,6 +72,8 @@ VENV_STAMP := $(VENV)/.installed
 VENV_PY := $(VENV)/bin/python
 # Node tools (package-lock.json): the Dev Containers CLI the dev container tests drive
 NODE_STAMP := node_modules/.installed
+# make test and make test-all run the tests in this many processes (pytest-xdist), each test on its share of the cores
+TEST_WORKERS ?= auto
 
 .PHONY: help venv bench gpu-check reproduce report cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
 	new-project doctor check-project check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
@@ -165,10 +167,10 @@ lint: $(VENV_STAMP) ## pre-commit on every file: ruff, hadolint, shellcheck, hyg
 	PATH="$(abspath $(VENV))/bin:$$PATH" pre-commit run --all-files --show-diff-on-failure
 
 test: $(VENV_STAMP) ## the fast tests, a few minutes (CPU, offline): in-process, no slow marker
-	$(VENV_PY) -m pytest --ignore=tests/images -m "not slow"
+	$(VENV_PY) -m pytest --ignore=tests/images -m "not slow" --numprocesses $(TEST_WORKERS) --dist loadgroup
 
 test-all: $(VENV_STAMP) ## every test but the image tests: real processes, signals, torchrun (CPU, offline)
-	$(VENV_PY) -m pytest --ignore=tests/images
+	$(VENV_PY) -m pytest --ignore=tests/images --numprocesses $(TEST_WORKERS) --dist loadgroup
 
 check-docker:
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "error: no Docker engine answers ('$(DOCKER) info' failed): start Docker, or train with RUNNER=local" >&2; exit 2; }
@@ -250,7 +252,7 @@ down: $(COMPOSE_DEP) ## stop every container of this repository's compose projec
 	@$(call compose_env) scripts/compose.sh down --remove-orphans
 
 test-images: $(VENV_STAMP) $(NODE_STAMP) check-docker ## image, compose and notebook tests against the Docker engine
-	$(VENV_PY) -m pytest tests/images -s
+	$(VENV_PY) -m pytest tests/images --numprocesses $(TEST_WORKERS) --dist loadgroup
 
 clean: ## remove .venv, node_modules and Python caches (data/ and runs/ are kept)
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache src/*.egg-info

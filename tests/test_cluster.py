@@ -16,6 +16,8 @@ from kubeflow.training import models as kubeflow_models
 
 from eurosat import manifest
 
+# The rendering writes into this repository's build/cluster: one pytest-xdist worker runs the module
+pytestmark = pytest.mark.xdist_group("cluster-files")
 REGISTRY = "registry.example.org/team"
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 

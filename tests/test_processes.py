@@ -129,7 +129,7 @@ def test_sigterm_to_every_process_stops_every_rank_at_one_checkpoint(project, sa
     """What Slurm does (scancel --signal=TERM, --signal=TERM@N): every process of the job step gets SIGTERM, the
     launcher included, and torchrun then passes it on to its workers a second time."""
     launch = manifest.load(project).launch(2, sys.executable)
-    args = ["--epochs", "2", "--checkpoint-every", "2", "--deterministic", *PACED]
+    args = ["--epochs", "1", "--checkpoint-every", "2", "--deterministic", *PACED]  # stopped within its one epoch
     out = tmp_path / "stopped"
     process = subprocess.Popen(
         [str(a) for a in [*launch, "--data", sample_dir, "--out", out, *args]],
@@ -151,7 +151,7 @@ def test_sigterm_to_every_process_stops_every_rank_at_one_checkpoint(project, sa
     (stopped,) = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM at epoch 1 ")]
     assert stopped.endswith(f"continue with --resume {run_dir}"), stderr[-3000:]
     assert "[rank" not in stderr and "Error" not in stderr, stderr[-3000:]  # no rank failed on its way out
-    run(*launch, "--resume", run_dir, "--epochs", "2")  # the same two processes; the checkpoint has both ranks' totals
+    run(*launch, "--resume", run_dir, "--epochs", "1")  # the same two processes; the checkpoint has both ranks' totals
     run(*launch, "--data", sample_dir, "--out", tmp_path / "whole", *args)
     whole = without_timings(read_metrics(single_run_dir(tmp_path / "whole")))
     # (a resumed epoch sums its loss in another order: equal to float32 rounding)

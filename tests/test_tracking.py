@@ -22,7 +22,8 @@ from helpers import (
 
 from eurosat.tracking import previous_run_id
 
-pytestmark = pytest.mark.slow  # real processes and servers; make test-all runs them
+# real processes and servers; make test-all runs them, on one pytest-xdist worker (one server for the module)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tracking")]
 mlflow = pytest.importorskip("mlflow", reason="mlflow is in requirements.lock: run make venv")
 from mlflow import MlflowClient  # noqa: E402
 

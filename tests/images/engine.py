@@ -1,8 +1,10 @@
 """Helpers for the tests against a real Docker engine (make test-images)."""
 
+import fcntl
 import os
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,12 +67,15 @@ def image_id(name: str) -> str:
 
 
 def build_all() -> dict:
-    """Stand-in root bases (no registry here), then every image through `make images`, timed."""
+    """Stand-in root bases (no registry here), then every image through `make images`, timed. One pytest-xdist
+    worker at a time: the others then find everything built (the stand-ins' work folder is a fixed path)."""
     if subprocess.run([DOCKER, "info"], capture_output=True).returncode != 0:
         raise AssertionError(f"no Docker engine answers '{DOCKER} info': start dockerd (see .ci/run)")
-    subprocess.run(["bash", "scripts/standin-bases.sh"], cwd=REPO, check=True, env={**os.environ, "DOCKER": DOCKER})
-    start = time.perf_counter()
-    make("images")
-    seconds = time.perf_counter() - start
+    with open(Path(tempfile.gettempdir()) / "eurosat-image-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["bash", "scripts/standin-bases.sh"], cwd=REPO, check=True, env={**os.environ, "DOCKER": DOCKER})
+        start = time.perf_counter()
+        make("images")
+        seconds = time.perf_counter() - start
     print(f"\nmake images: {seconds:.0f} s")
     return {"seconds": seconds, "ids": {name: image_id(name) for name in IMAGES}}

@@ -21,6 +21,7 @@ from engine import (
 )
 from helpers import REPO
 
+pytestmark = pytest.mark.xdist_group("ngc-base")  # images of their own names: make test-images runs it beside the rest
 NGC_LAYERS = [image for image in IMAGES if HIERARCHY.root(image) == "NGC_BASE"]
 PARENT = {image: parent_image(image) for image in NGC_LAYERS}
 

@@ -13,6 +13,7 @@ import pytest
 from engine import docker, make_settings
 from helpers import PACED, PROJECTS, copy_repository, make_in_clone, read_metrics, run_project, single_run_dir, without_timings
 
+pytestmark = pytest.mark.xdist_group("slurm")  # make test-images runs it beside the other modules
 # 432 training images at a global batch of 16 (8 per node); a checkpoint every 4 steps, to stop mid-epoch.
 ARGS = f"--device cpu --epochs 2 {' '.join(PACED)} --deterministic --checkpoint-every 4"
 TOLERANCE = 0.05  # final val_acc: only BatchNorm differs from one process (it sees 8 images, not 16)
@@ -43,10 +44,11 @@ def on_controller(repo, *command, check=True):
 
 
 def submit(repo, project, *train_flags, wait=True):
-    """sbatch the rendered script (CONTAINER_RUNTIME=none: the nodes carry the image); returns the job id."""
+    """sbatch the rendered script (CONTAINER_RUNTIME=none: the nodes carry the image); returns the job id. The two
+    nodes share this machine's cores: one thread each (torch would start one per core on both, and wait on them)."""
     script = f"build/cluster/{project}-2x1/slurm.sbatch"
-    result = on_controller(repo, "env", "CONTAINER_RUNTIME=none", "sbatch", *(["--wait"] if wait else []), script,
-                           *train_flags, check=False)  # fmt: skip
+    result = on_controller(repo, "env", "CONTAINER_RUNTIME=none", "OMP_NUM_THREADS=1", "sbatch",
+                           *(["--wait"] if wait else []), script, *train_flags, check=False)  # fmt: skip
     job = re.search(r"Submitted batch job (\d+)", result.stdout)
     assert job, result.stdout + result.stderr
     return job[1], result.returncode
