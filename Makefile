@@ -148,7 +148,7 @@ bench: $(VENV_STAMP) ## the articles' baseline vs this project on DATA, within -
 
 # Outside the project's images too: the venv's Python when there is one, else PYTHON with the machine's packages
 GPU_CHECK_PYTHON ?= $(if $(wildcard $(VENV_PY)),$(VENV_PY),$(PYTHON))
-gpu-check: ## measure one NVIDIA GPU offline in under 8 minutes; report into bench/results (ARGS: --device cpu ...)
+gpu-check: ## measure one NVIDIA GPU offline in about 9 minutes; report into bench/results (ARGS: --device cpu ...)
 	PYTHONPATH=src $(GPU_CHECK_PYTHON) scripts/gpu_check.py $(ARGS)
 
 lock: $(VENV_STAMP) ## regenerate requirements.lock (hashes, all platforms) from requirements.in
