@@ -17,7 +17,8 @@ BENCH = "--batch-size 32 --workers 0 --warmup-steps 1 --steps 2 --accuracy-epoch
 
 def test_gpu_check_runs_every_step_and_writes_one_report(tmp_path):
     out, models = tmp_path / "results", tmp_path / "models"
-    args = f"--device cpu --fraction 0.005 --budget 1800 --bench-budget 600 --out {out} --train-args '{TRAIN}' --bench-args '{BENCH}'"
+    args = f"--device cpu --fraction 0.005 --budget 1800 --bench-budget 600 --out {out}"
+    args += f" --train-args '{TRAIN}' --bench-args '{BENCH}'"
     result = run(  # seven steps in their own processes: minutes on a slow 2-core machine, within the budget above
         "make", "gpu-check", f"MODEL_CACHE={models}", f"ARGS={args}", f"GPU_CHECK_PYTHON={sys.executable}", timeout=1800
     )
