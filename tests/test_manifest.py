@@ -61,7 +61,7 @@ def test_launch_and_layout_follow_the_launcher(copy):
     assert manifest_cli(copy, "layout", "demo", "2", "8").stdout.split() == ["--gpus", "8", "--nodes", "2"]
     (copy / "projects/demo/project.toml").write_text(toml.replace('"self"', '"torchrun"'))
     launch = manifest_cli(copy, "launch", "demo", "2").stdout.split()
-    assert launch[:5] == ["python3", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert launch[:5] == ["python3", "-m", "eurosat.torchrun", "--standalone", "--nproc_per_node=2"]
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,16 @@
 """A run whose loss is gone stops: one line naming the epoch and the step, a non-zero exit, and no checkpoint of
-weights the non-finite loss reached. Both projects, in this process."""
+weights the non-finite loss reached. Both projects, in this process; and in two processes, where one rank's loss
+is gone and the other's is not yet."""
+
+import os
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import MODEL, PROJECTS, main_in_process, single_run_dir
+from helpers import DDP_ARGS, MODEL, PROJECTS, main_in_process, run, single_run_dir
 
+from eurosat import manifest
 from eurosat.sample import write_sample
 
 # 432 training images at batch 16: 27 steps an epoch
@@ -67,3 +72,41 @@ def test_a_learning_rate_float32_cannot_hold_is_one_line(lr, data, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"argument --lr: {lr} must be a positive number float32 holds (1.18e-38 to 3.4e+38)" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+# Loaded by every process of the run below through PYTHONPATH: from training step 3 on, rank 1's loss is NaN
+NAN_ON_RANK_1 = """
+import torch
+import torch.nn.functional as F
+
+cross_entropy, training_steps = F.cross_entropy, []
+
+
+def nan_on_rank_1(logits, labels, *args, **kwargs):
+    loss = cross_entropy(logits, labels, *args, **kwargs)
+    if torch.is_grad_enabled() and torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+        training_steps.append(1)
+        if len(training_steps) >= 3:
+            return loss * float("nan")
+    return loss
+
+
+F.cross_entropy = nan_on_rank_1
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("project", PROJECTS)
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_its_step(project, sample_dir, tmp_path):
+    """Two processes as the manifest launches them; only rank 1's loss turns NaN, at its step 3. Rank 0's own loss
+    is NaN only from step 4 (the all-reduced gradients carry it over), so the line naming step 3 says that the ranks
+    agreed on the first non-finite step of any rank; and both stop, neither waits for the other."""
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(NAN_ON_RANK_1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "inject"), os.environ.get("PYTHONPATH", "")])}
+    launch = manifest.load(project).launch(2, sys.executable)
+    result = run(*launch, "--data", sample_dir, "--out", tmp_path / "runs", *DDP_ARGS, env=env, check=False, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: epoch 1 step 3: the training loss is not finite"), lines
+    assert "Epoch 1/1 loss" not in result.stdout and not list((tmp_path / "runs").rglob("best.ckpt"))

@@ -114,7 +114,11 @@ def parse_args(parser: ArgumentParser, argv: list[str] | None = None) -> argpars
 
 
 def is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    """Rank 0, or no ranks: torchrun sets RANK; a framework's own launcher (Lightning's) sets LOCAL_RANK and
+    NODE_RANK in the processes it starts."""
+    if "RANK" in os.environ:
+        return os.environ["RANK"] == "0"
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def run_cli(main, argv=None) -> None:

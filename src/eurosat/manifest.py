@@ -113,7 +113,7 @@ class Project:
         if gpus <= 1:
             return [python, script, "train"]
         if self.launcher == "torchrun":
-            return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", script, "train"]
+            return [python, "-m", "eurosat.torchrun", "--standalone", f"--nproc_per_node={gpus}", script, "train"]
         return [python, script, "train", *self.layout(1, gpus)]
 
 
