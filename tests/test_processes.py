@@ -4,6 +4,7 @@ machine launched the way its manifest says (torchrun, or the framework's own lau
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,9 +51,15 @@ def test_command_line_run_records_what_ran(project, sample_dir, tmp_path):
 
 @pytest.mark.parametrize("project", PROJECTS)
 def test_two_processes_count_every_validation_sample_once(project, sample_dir, tmp_path):
+    """And print once: the warning about a stray file comes from rank 0 alone, under torchrun (RANK) and under
+    Lightning's own launcher (LOCAL_RANK, no RANK) alike."""
+    data = tmp_path / "eurosat"
+    shutil.copytree(sample_dir, data)
+    (data / "Forest" / "notes.txt").write_text("not an image")
     launch = manifest.load(project).launch(2, sys.executable)
-    result = run(*launch, "--data", sample_dir, "--out", tmp_path, *DDP_ARGS)
-    check_two_process_run(result, tmp_path)
+    result = run(*launch, "--data", data, "--out", tmp_path / "runs", *DDP_ARGS)
+    check_two_process_run(result, tmp_path / "runs")
+    assert result.stderr.count("warning: skipped 1 file(s) in the class folders of ") == 1, result.stderr[-3000:]
 
 
 PROFILERS = [("eurosat-amp", ["--profile"], "profile/*.json"), ("eurosat-lightning", ["--profiler", "simple"], "*profile*.txt")]
