@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
-from eurosat.cli import build_parser, parse_args, run_cli
+from eurosat.cli import build_parser, is_main_process, parse_args, run_cli
 from eurosat.datasets import EuroSATSplits, load_configured_splits
 from eurosat.errors import UserError
 from eurosat.files import list_files
@@ -98,7 +98,7 @@ class StopRequest:
                 raise KeyboardInterrupt
             return
         self.signum = signum
-        if os.environ.get("RANK", "0") == "0":
+        if is_main_process():
             print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint", file=sys.stderr, flush=True)
 
     def agreed(self, world_size: int, device: torch.device, step: int, every: int = 10) -> bool:
@@ -119,10 +119,6 @@ def check_project(checkpoint, name: str, source) -> None:
     if checkpoint["project"] != name:
         owner = checkpoint["project"]
         raise UserError(f"{source} belongs to project {owner}, not {name}: use projects/{owner}/train.py")
-
-
-def _global_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 class Run:
@@ -153,7 +149,7 @@ class Run:
         list_files(Path(config["data"]))  # a missing or empty data folder is one line before any folder is made
         if handed := os.environ.get(RUN_DIR_ENV):  # a process a framework's launcher started from rank 0's
             directory = Path(handed)
-        elif directory is None and _global_rank() == 0:
+        elif directory is None and is_main_process():
             directory = create_run_dir(Path(config["out"]), config["model"])
         return cls(experiment.name, config, checkpoint, checkpoint_path, directory)
 
@@ -294,7 +290,7 @@ class Run:
 def train(experiment: Experiment, args) -> list[dict]:
     """Create or resume the run, fit it; returns the per-epoch history. Every rank calls this."""
     run = Run.open(experiment, args)
-    handing_over = _global_rank() == 0 and RUN_DIR_ENV not in os.environ
+    handing_over = is_main_process() and RUN_DIR_ENV not in os.environ
     if handing_over:
         os.environ[RUN_DIR_ENV] = str(run.directory)
     run.stop.install()
