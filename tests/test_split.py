@@ -69,3 +69,36 @@ def test_split_seed_and_fraction_are_configurable(official_listing):
 def test_split_rejects_bad_fraction():
     with pytest.raises(UserError, match="val-fraction"):
         stratified_split(np.repeat(np.arange(3), 10), val_fraction=1.5)
+
+
+@pytest.mark.parametrize("seed", [42, 0, 7])
+@pytest.mark.parametrize("val_fraction", [0.2, 0.1, 0.25, 0.33, 0.5])
+def test_split_draws_exactly_what_scikit_learns_train_test_split_draws(official_listing, val_fraction, seed):
+    """The split is scikit-learn's algorithm without its import (2 s of every run's start): the same indices, in
+    the same order, for the official counts, a sample's, uneven and missing classes and ties in the remainders."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(seed)
+    label_sets = [
+        np.asarray(official_listing.labels),
+        np.repeat(np.arange(10), [max(5, round(c * 0.02)) for c in OFFICIAL_COUNTS.values()]),  # make data-sample's
+        np.repeat([0, 1, 2, 5], [7, 3, 11, 2]),  # a label missing from the middle, classes of 2 and 3
+        np.repeat(np.arange(7), 9),  # every remainder tied
+        rng.permutation(np.repeat(np.arange(4), [40, 13, 27, 8])),  # not grouped by class
+    ]
+    for labels in label_sets:
+        try:
+            expected = train_test_split(np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed)
+        except ValueError:  # too few images for a class in each part: one line here
+            with pytest.raises(UserError, match="cannot split"):
+                stratified_split(labels, val_fraction, seed)
+            continue
+        actual = stratified_split(labels, val_fraction, seed)
+        assert [a.tolist() for a in actual] == [e.tolist() for e in expected], (len(labels), val_fraction, seed)
+
+
+def test_a_split_too_small_for_every_class_is_one_line():
+    with pytest.raises(UserError, match=r"cannot split 20 images with --val-fraction 0.1: the 18 train and 2 validation"):
+        stratified_split(np.repeat(np.arange(4), 5), val_fraction=0.1)
+    with pytest.raises(UserError, match="every class needs at least 2 images"):
+        stratified_split(np.array([0, 0, 1]))
