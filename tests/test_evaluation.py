@@ -49,6 +49,12 @@ def test_a_class_absent_from_the_data_is_a_row_of_zeros():
     report = class_report(np.array([0, 0, 1]), np.array([0, 1, 1]), ["A", "B", "C"])
     assert report["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
     assert report["per_class"]["C"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    expected = classification_report([0, 0, 1], [0, 1, 1], labels=[0, 1, 2], output_dict=True, zero_division=0)
+    for average in ("macro", "weighted"):  # the absent class counts in the macro average, as a 0
+        row, reference = report["averages"][average], expected[f"{average} avg"]
+        assert [row["precision"], row["recall"], row["f1"]] == pytest.approx(
+            [reference["precision"], reference["recall"], reference["f1-score"]]
+        )
 
 
 def test_the_table_is_aligned_and_names_every_class(labels):
