@@ -1,8 +1,10 @@
 """The Makefile as a newcomer uses it."""
 
+import importlib.util
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import MODEL, PROJECTS, REPO, run
@@ -72,6 +74,16 @@ def test_make_data_sample_then_train(tmp_path):
     )
     assert "Epoch 1/1 loss" in result.stdout
     assert list((tmp_path / "runs").glob("*/last.ckpt"))
+
+
+@needs_venv
+def test_make_venv_byte_compiles_every_package():
+    """Bytecode for the packages' modules, not only for those something has imported (the tests import a few):
+    a process never compiles torch at start-up, even where PYTHONDONTWRITEBYTECODE keeps it from saving that."""
+    (site,) = (REPO / ".venv" / "lib").glob("python3.*/site-packages")
+    sources = [path for path in site.rglob("*.py") if "/pip/" not in str(path)]  # (pip came with the venv)
+    missing = [path for path in sources if not Path(importlib.util.cache_from_source(str(path))).is_file()]
+    assert len(sources) > 10_000 and len(missing) < 0.001 * len(sources), missing[:10]
 
 
 @needs_venv
