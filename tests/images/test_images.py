@@ -34,7 +34,7 @@ x = torch.randn(4, 3, 64, 64)
 loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3]))
 loss.backward()
 assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-print("backward ok", float(loss))
+probe["backward"] = float(loss)
 """
 # One tiny Lightning epoch: fit, then validate, on random tensors.
 FIT = """
@@ -54,46 +54,77 @@ loader = torch.utils.data.DataLoader(data, batch_size=16)
 trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      default_root_dir="/tmp")
 trainer.fit(Tiny(), loader, loader)
-print("fit ok", trainer.global_step, float(trainer.callback_metrics["val_loss"]))
+probe["fit"] = {"steps": trainer.global_step, "val_loss": float(trainer.callback_metrics["val_loss"])}
 """
+# torch as the image has it, its user, HOME and its cache writable, pip check; then the blocks above. Printed last.
+PROBE = """
+import json, os, pathlib, pwd, subprocess, sys
+probe = {{"uid": os.getuid(), "user": pwd.getpwuid(os.getuid()).pw_name, "home": os.environ["HOME"]}}
+for path in ("~/.cache/probe", "~/probe"):
+    pathlib.Path(path).expanduser().touch()
+probe["pip_check"] = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True).stdout
+{imports}
+probe["torch"] = f"{{torch.__version__}} {{torch.__file__}}"
+{blocks}
+print(json.dumps(probe))
+"""
+TORCH = "import torch; print(torch.__version__, torch.__file__)"
 
 
 def run_in(image: str, *command: str) -> str:
     return docker("run", "--rm", f"eurosat/{image}:latest", *command).stdout.strip()
 
 
-@pytest.mark.parametrize("image", IMAGES)
-def test_packages_import_and_pip_check_passes(built_images, image):
-    imports = "; ".join(f"import {name}" for name in packages(image))
-    run_in(image, "python3", "-c", imports)
-    assert "No broken requirements" in run_in(image, "python3", "-m", "pip", "check")
+@pytest.fixture(scope="module")
+def probed(built_images):
+    """image -> what PROBE found in one container of it: each container start and torch import costs seconds, and
+    every check below reads the same answers."""
+    found = {}
+
+    def probe(image: str) -> dict:
+        if image not in found:
+            if "timm" in packages(image):
+                blocks = [BACKWARD.format(module="timm", model="timm.create_model('resnet10t', num_classes=4)")]
+            else:
+                blocks = [BACKWARD.format(module="torchvision", model="torchvision.models.resnet18(num_classes=4)")]
+            blocks += [FIT] if "pytorch_lightning" in packages(image) else []
+            imports = "\n".join(f"import {name}" for name in packages(image))
+            output = run_in(image, "python3", "-c", PROBE.format(imports=imports, blocks="".join(blocks)))
+            found[image] = json.loads(output.splitlines()[-1])
+        return found[image]
+
+    return probe
 
 
 @pytest.mark.parametrize("image", IMAGES)
-def test_a_model_trains_a_step_in_every_image(built_images, image):
-    if "timm" not in packages(image):
-        probe = BACKWARD.format(module="torchvision", model="torchvision.models.resnet18(num_classes=4)")
-    else:
-        probe = BACKWARD.format(module="timm", model="timm.create_model('resnet10t', num_classes=4)")
-    assert run_in(image, "python3", "-c", probe).startswith("backward ok")
+def test_packages_import_and_pip_check_passes(probed, image):
+    assert "No broken requirements" in probed(image)["pip_check"]  # (PROBE imports the packages first)
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_a_model_trains_a_step_in_every_image(probed, image):
+    assert probed(image)["backward"] > 0
 
 
 @pytest.mark.parametrize("image", HIERARCHY.children("lightning"))
-def test_lightning_fits_one_tiny_epoch(built_images, image):
-    assert run_in(image, "python3", "-c", FIT).splitlines()[-1].startswith("fit ok 4 ")
+def test_lightning_fits_one_tiny_epoch(probed, image):
+    assert probed(image)["fit"]["steps"] == 4 and probed(image)["fit"]["val_loss"] > 0
+
+
+@pytest.fixture(scope="module")
+def base_torch() -> str:
+    return docker("run", "--rm", STANDIN_NGC, "python3", "-c", TORCH).stdout.strip()
 
 
 @pytest.mark.parametrize("image", [image for image in IMAGES if HIERARCHY.root(image) == "NGC_BASE"])
-def test_torch_is_the_base_images_own_build(built_images, image):
-    probe = "import torch; print(torch.__version__, torch.__file__)"
-    assert run_in(image, "python3", "-c", probe) == docker("run", "--rm", STANDIN_NGC, "python3", "-c", probe).stdout.strip()
+def test_torch_is_the_base_images_own_build(probed, base_torch, image):
+    assert probed(image)["torch"] == base_torch
 
 
 @pytest.mark.parametrize("image", IMAGES)
-def test_runs_as_the_non_root_user(built_images, image):
-    uid, user, home = run_in(image, "sh", "-c", 'id -u; whoami; echo "$HOME"').split()
-    assert uid != "0" and user == "app" and home == "/home/app"
-    run_in(image, "sh", "-c", "touch $HOME/.cache/probe $HOME/probe")  # HOME and caches are writable
+def test_runs_as_the_non_root_user(probed, image):
+    probe = probed(image)  # (HOME and its cache were written to)
+    assert probe["uid"] != 0 and probe["user"] == "app" and probe["home"] == "/home/app"
 
 
 @pytest.mark.parametrize("image", IMAGES)
