@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, run
+from helpers import MODEL, REPO, run
 
 pytestmark = pytest.mark.slow
 
@@ -19,12 +19,12 @@ BENCH_ARGS = ["--batch-size", "32", "--workers", "0", "--warmup-steps", "1", "--
 def test_bench_measures_baseline_and_project_side_by_side(sample_dir, tmp_path):
     result = run(
         sys.executable, "bench/run.py", "--data", sample_dir, *BENCH_ARGS, "--accuracy-seeds", "42,7", "--no-compile",
-        "--repeats", "1", "--out", tmp_path,
+        "--repeats", "1", "--model", MODEL, "--out", tmp_path,
     )  # fmt: skip
     (result_file,) = tmp_path.glob("*.json")
     result = json.loads(result_file.read_text())
     assert result["data"] == {"path": str(sample_dir), "synthetic": True, "train_images": 432}  # a make data-sample folder
-    assert result["settings"]["model"] == "resnet10t" and result["machine"]["device"] == "cpu"
+    assert result["settings"]["model"] == MODEL and result["machine"]["device"] == "cpu"
     pipe, training = result["input_pipeline"], result["training"]
     assert pipe["baseline_samples_per_s"] > 0 and pipe["project_samples_per_s"] > 0 and pipe["project_prepare_seconds"] > 0
     assert pipe["speedup"] == pytest.approx(pipe["project_samples_per_s"] / pipe["baseline_samples_per_s"])
@@ -72,6 +72,7 @@ def test_bench_keeps_to_its_budget_and_writes_what_it_measured(sample_dir, tmp_p
     wall = time.monotonic() - start
     (result_file,) = tmp_path.glob("*.json")
     result = json.loads(result_file.read_text())
+    assert result["settings"]["model"] == "resnet10t"  # the default on the CPU
     budget = result["budget"]
     assert budget["seconds"] == 10 and 10 <= budget["used_seconds"] < 10 + 2  # the deadline stopped the row running
     assert budget["stopped"] == "out of time" and budget["skipped"]
