@@ -93,7 +93,7 @@ def metrics_table(recorded: list[dict], new: list[dict]) -> tuple[list[str], int
 
 def reproduce(run_dir: Path) -> int:
     """Reruns RUN; returns the number of metric values that differ from the recorded ones."""
-    config, recorded_provenance, recorded_metrics = read_run(run_dir)
+    config, _, _ = read_run(run_dir)
     if "project" not in config:
         raise UserError(f"RUN={run_dir}: its config.json names no project; it was written before projects had manifests")
     project = manifest.load(config["project"])
@@ -106,6 +106,13 @@ def reproduce(run_dir: Path) -> int:
     if subprocess.run(command, cwd=REPO_ROOT).returncode:
         raise UserError(f"the rerun of {run_dir} failed (see above)")
     (new_dir,) = set(out.iterdir()) - before
+    return compare(run_dir, new_dir)
+
+
+def compare(run_dir: Path, new_dir: Path) -> int:
+    """Prints how the run in new_dir differs from the recorded one: provenance, then metrics side by side; returns the
+    number of metric values that differ."""
+    _, recorded_provenance, recorded_metrics = read_run(run_dir)
     _, new_provenance, new_metrics = read_run(new_dir)
     print(f"\nrecorded run {run_dir}\nnew run      {new_dir}")
     warnings = differences(recorded_provenance, new_provenance)
