@@ -89,7 +89,7 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --require-hashes --no-deps --no-compile -r requirements.lock
 	$(VENV)/bin/pip install --no-deps --no-build-isolation --editable .
-	@# pip byte-compiles one file at a time; compileall uses every core (200 -> 160 s on 2). A file that does not
+	@# pip byte-compiles one file at a time; compileall uses every core (make venv: 200 -> 170 s on 2). A file that does not
 	@# compile (torch ships a Python 3.12-only one) is skipped, as pip skips it, and is not an error.
 	$(VENV_PY) -m compileall -q -j 0 $$($(VENV_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') >/dev/null || true
 	ln -sf "$$($(VENV)/bin/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))')" $(VENV)/bin/compose-v2
