@@ -1,22 +1,13 @@
 """make reproduce: a recorded run is trained again from its own files, differences are warned about, metrics compared."""
 
-import hashlib
 import json
 
 import pytest
-from helpers import PROJECTS, SMALL, read_metrics, run, run_project, single_run_dir, weights, without_timings
+from helpers import PROJECTS, SMALL, assert_same_weights, read_metrics, run, run_project, single_run_dir, without_timings
 
 from eurosat.reproduce import compare
 
 pytestmark = pytest.mark.slow
-
-
-def weights_sha256(checkpoint) -> str:
-    state = weights(checkpoint)
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode() + state[name].cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 @pytest.mark.parametrize("project", PROJECTS)
@@ -35,7 +26,7 @@ def test_make_reproduce_reruns_a_run_and_compares_it(project, sample_dir, tmp_pa
     assert {k: v for k, v in new.items() if k != "out"} == {k: v for k, v in recorded.items() if k != "out"}
     # --deterministic: two runs with the same data, config and seed repeat to the bit on the CPU, weights included
     assert recorded["deterministic"] is True and without_timings(read_metrics(new_dir)) == without_timings(read_metrics(run_dir))
-    assert weights_sha256(new_dir / "last.ckpt") == weights_sha256(run_dir / "last.ckpt")
+    assert_same_weights(new_dir / "last.ckpt", run_dir / "last.ckpt")
     assert all(json.loads((d / "provenance.json").read_text())["deterministic_algorithms"] for d in (run_dir, new_dir))
 
     # The same run as if recorded elsewhere: another commit, lock, torch and GPU, and one epoch's val_acc changed,
