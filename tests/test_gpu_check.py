@@ -2,6 +2,7 @@
 written; the --compile run's kernels land in MODEL_CACHE, where a second run would find them."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -19,9 +20,9 @@ def test_gpu_check_runs_every_step_and_writes_one_report(tmp_path):
     out, models = tmp_path / "results", tmp_path / "models"
     args = f"--device cpu --fraction 0.005 --budget 1800 --bench-budget 600 --out {out}"
     args += f" --train-args '{TRAIN}' --bench-args '{BENCH}'"
-    result = run(  # seven steps in their own processes: minutes on a slow 2-core machine, within the budget above
-        "make", "gpu-check", f"MODEL_CACHE={models}", f"ARGS={args}", f"GPU_CHECK_PYTHON={sys.executable}", timeout=1800
-    )
+    make = ["make", "gpu-check", f"MODEL_CACHE={models}", f"ARGS={args}", f"GPU_CHECK_PYTHON={sys.executable}"]
+    env = {**os.environ, "TORCH_LOGS": "recompiles"}  # torch.compile says when it compiles a function again
+    result = run(*make, timeout=1800, env=env)  # seven steps in their own processes: minutes on a slow 2-core machine
     (report_file,) = out.glob("gpu-check-*.json")
     report = json.loads(report_file.read_text())
     assert [step["name"] for step in report["steps"]] == STEPS and all(step["ok"] for step in report["steps"])
@@ -43,7 +44,10 @@ def test_gpu_check_runs_every_step_and_writes_one_report(tmp_path):
     )
     table = report_file.with_suffix(".md").read_text()
     assert "| train --compile | yes |" in table and "| target | measured | met |" in table
-    assert len(list(report_file.with_suffix("").glob("*.log"))) == len(STEPS)  # each step's output, kept
+    logs = sorted(report_file.with_suffix("").glob("*.log"))
+    assert len(logs) == len(STEPS)  # each step's output, kept
+    compiled = logs[STEPS.index("train --compile")].read_text()
+    assert "Epoch 2/2" in compiled and "Recompiling function" not in compiled  # validation runs eagerly, no second graph
     assert any((models / "inductor").rglob("*")), "torch.compile's cache is not in MODEL_CACHE"
     assert result.stdout.rstrip().splitlines()[-1].startswith(f"report: {report_file}")
 
