@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import time
+from datetime import datetime
 
 import pytest
 from engine import docker, make_settings
@@ -54,9 +55,13 @@ def submit(repo, project, *train_flags, wait=True):
     return job[1], result.returncode
 
 
-def job_state(repo, job: str) -> str:
+def job_record(repo, job: str) -> dict[str, str]:
     line = on_controller(repo, "scontrol", "--oneliner", "show", "job", job).stdout
-    return re.search(r"JobState=(\S+)", line)[1]
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+def job_state(repo, job: str) -> str:
+    return job_record(repo, job)["JobState"]
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
@@ -77,8 +82,13 @@ def uninterrupted(cluster):
     for project in PROJECTS:
         started = time.monotonic()
         job, status = submit(cluster, project)
-        print(f"{project}: two-node job {job} took {time.monotonic() - started:.0f} s (sbatch --wait)")
+        waited = time.monotonic() - started
+        record = job_record(cluster, job)
+        ran = (datetime.fromisoformat(record["EndTime"]) - datetime.fromisoformat(record["SubmitTime"])).total_seconds()
+        print(f"{project}: two-node job {job} ran {ran:.0f} s; sbatch --wait returned after {waited:.0f} s")
         assert status == 0, job_output(cluster, project, job)[-3000:]
+        # MinJobAge=16: sbatch --wait polls every 8 s (with Slurm's default, after 2, 10, 42, 74 s...)
+        assert waited - ran < 12, f"sbatch --wait returned {waited - ran:.0f} s after the job ended"
         runs[project] = single_run_dir(cluster / "runs" / "slurm" / project)
     return runs
 
