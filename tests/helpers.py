@@ -82,23 +82,28 @@ class Result:
     value: object = None  # what main() returned
 
 
-def main_in_process(project: str, *args, check: bool = True) -> Result:
-    """train.py's main(argv) in this process, through the same one-line error handling as its command line."""
+def cli_in_process(main, *args, check: bool = True) -> Result:
+    """A command's main(argv) in this process, through the same one-line error handling as its command line."""
     stdout, stderr, value, code = io.StringIO(), io.StringIO(), None, 0
 
-    def main(argv):
+    def call(argv):
         nonlocal value
-        value = project_module(project).main(argv)
+        value = main(argv)
 
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
-            run_cli(main, [str(a) for a in args])
+            run_cli(call, [str(a) for a in args])
         except SystemExit as exit:
             code = exit.code
     result = Result(code, stdout.getvalue(), stderr.getvalue(), value)
     if check and code:
-        raise AssertionError(f"{project} {args} exited {code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(f"{main.__module__} {args} exited {code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
+
+
+def main_in_process(project: str, *args, check: bool = True) -> Result:
+    """train.py's main(argv) in this process."""
+    return cli_in_process(project_module(project).main, *args, check=check)
 
 
 def single_run_dir(out: Path) -> Path:

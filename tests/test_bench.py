@@ -1,5 +1,7 @@
 """make bench on the CPU: both pipelines run on the same files and the results are written."""
 
+import functools
+import importlib.util
 import json
 import re
 import signal
@@ -8,7 +10,7 @@ import sys
 import time
 
 import pytest
-from helpers import MODEL, REPO, run
+from helpers import MODEL, REPO, cli_in_process, run
 
 pytestmark = pytest.mark.slow
 
@@ -106,15 +108,25 @@ def test_an_interrupted_bench_writes_what_it_measured(sample_dir, tmp_path):
     assert result["training"]["project"]["images_per_s"] > 0 and "results: " in stdout
 
 
+@functools.cache
+def bench_main():
+    """bench/run.py's main(argv), imported beside its modules (measure, baseline, budget, report), as Python runs it."""
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
 @pytest.mark.parametrize("flag, value", [("--accuracy-seeds", "42,x"), ("--budget", "0"), ("--budget", "nan")])
 def test_bench_rejects_a_bad_seed_list_or_budget(tmp_path, flag, value):
-    result = run(sys.executable, "bench/run.py", flag, value, "--out", tmp_path, check=False)
+    result = cli_in_process(bench_main(), flag, value, "--out", tmp_path, check=False)
     assert result.returncode == 2 and flag in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
 def test_an_unknown_project_stops_the_benchmark_before_it_starts(tmp_path):
-    result = run(sys.executable, "bench/run.py", "--project", "nope", "--out", tmp_path, check=False)
+    result = cli_in_process(bench_main(), "--project", "nope", "--out", tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: unknown project 'nope'")
     assert result.stdout == "" and not list(tmp_path.iterdir())  # nothing measured, nothing written

@@ -71,12 +71,6 @@ def test_profiler_writes_its_report(project, flags, pattern, sample_dir, tmp_pat
     assert list(single_run_dir(tmp_path).glob(pattern))
 
 
-@pytest.mark.parametrize("project", PROJECTS)
-def test_help_lists_the_shared_and_the_project_flags(project):
-    result = run(sys.executable, REPO / "projects" / project / "train.py", "train", "--help")
-    assert "--checkpoint-every" in result.stdout and "--resume" in result.stdout
-
-
 def parent_pids() -> dict[int, int]:
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -258,6 +258,12 @@ def test_a_checkpoint_or_run_of_another_project_is_one_line(trained, tmp_path):
     assert_one_line(result, "foreign.ckpt is not a checkpoint written by a train.py of this repository's projects")
 
 
+@pytest.mark.parametrize("project", PROJECTS)
+def test_help_lists_the_shared_and_the_project_flags(project):
+    result = main_in_process(project, "train", "--help")
+    assert "--checkpoint-every" in result.stdout and "--resume" in result.stdout
+
+
 def test_float32_matmul_precision_is_decided_for_gpus_only():
     before = torch.get_float32_matmul_precision()
     try:
