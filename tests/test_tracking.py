@@ -2,6 +2,7 @@
 that is down (one warning line; training goes on)."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,7 +31,8 @@ from mlflow import MlflowClient  # noqa: E402
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """The URI of an `mlflow server` process keeping its runs and artifacts in a temporary folder."""
+    """The URI of an `mlflow server` process keeping its runs and artifacts in a temporary folder (started as make
+    mlflow starts it: without MLflow's job runner)."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     with open(root / "server.log", "w") as log:
@@ -38,7 +40,7 @@ def mlflow_server(tmp_path_factory):
             [Path(sys.executable).with_name("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
              "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
              "--workers", "1"],
-            cwd=root, stdout=log, stderr=subprocess.STDOUT,
+            cwd=root, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:

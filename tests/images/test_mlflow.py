@@ -35,6 +35,7 @@ def test_make_mlflow_serves_runs_tracked_in_containers_and_on_the_host(built_ima
     assert f"MLflow: {url}" in result.stdout
     server = docker("ps", "--quiet", "--filter", "label=com.docker.compose.service=mlflow").stdout.split()
     assert docker("port", *server, "5000").stdout.startswith("127.0.0.1:")  # private to this machine by default
+    assert "huey" not in docker("top", *server).stdout  # the tracking server alone, without MLflow's job runner
 
     client = MlflowClient(url.rstrip("/"))
     for project in (in_container, on_host):
