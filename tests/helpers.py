@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -104,6 +105,14 @@ def cli_in_process(main, *args, check: bool = True) -> Result:
 def main_in_process(project: str, *args, check: bool = True) -> Result:
     """train.py's main(argv) in this process."""
     return cli_in_process(project_module(project).main, *args, check=check)
+
+
+def script_module(path: Path, name: str):
+    """A script of this repository (not a package module) imported as `name`, as `python path` would run it."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def single_run_dir(out: Path) -> Path:

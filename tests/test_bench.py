@@ -1,7 +1,6 @@
 """make bench on the CPU: both pipelines run on the same files and the results are written."""
 
 import functools
-import importlib.util
 import json
 import re
 import signal
@@ -10,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import MODEL, REPO, cli_in_process, run
+from helpers import MODEL, REPO, cli_in_process, run, script_module
 
 pytestmark = pytest.mark.slow
 
@@ -112,10 +111,7 @@ def test_an_interrupted_bench_writes_what_it_measured(sample_dir, tmp_path):
 def bench_main():
     """bench/run.py's main(argv), imported beside its modules (measure, baseline, budget, report), as Python runs it."""
     sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_run", REPO / "bench" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return script_module(REPO / "bench" / "run.py", "bench_run").main
 
 
 @pytest.mark.parametrize("flag, value", [("--accuracy-seeds", "42,x"), ("--budget", "0"), ("--budget", "nan")])

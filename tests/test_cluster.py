@@ -2,7 +2,6 @@
 OpenAPI-generated kubeflow-training and kubernetes clients: no unknown field, the right types, required fields
 present); the Slurm script passes bash -n and shellcheck. Both launch the same train.py with the same flags."""
 
-import importlib.util
 import re
 import shlex
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 import kubernetes.client.models as k8s_models
 import pytest
 import yaml
-from helpers import PROJECTS, REPO, run
+from helpers import PROJECTS, REPO, run, script_module
 from kubeflow.training import models as kubeflow_models
 
 from eurosat import manifest
@@ -109,10 +108,7 @@ def test_cluster_files_need_a_registry():
 
 
 def renderer():
-    spec = importlib.util.spec_from_file_location("render", REPO / "scripts" / "cluster" / "render.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module(REPO / "scripts" / "cluster" / "render.py", "render")
 
 
 # Enroot's image grammar before 4.0 (its docs: docker://[USER@][REGISTRY#]IMAGE[:TAG]); 4.x reads these forms the
