@@ -11,7 +11,6 @@ ARGS ?=
 DATA ?= data/eurosat
 VARIANT ?= ms
 -include .env
-export EUROSAT_CACHE_DIR
 
 # --- projects: projects/<name>/project.toml says which image a project trains in and how it launches ---
 MANIFEST := $(PYTHON) src/eurosat/manifest.py
@@ -29,10 +28,12 @@ DOCKER ?= docker
 IMAGE_PREFIX ?= eurosat/
 # The build context: the Dockerfiles and the locks (tests point it at a copy)
 IMAGES_DIR ?= images
-# The layers `make lock-images` solves, in build order
+# The layers `make lock-images` solves and `make lock-drift` re-solves, in build order
 LOCK_LAYERS ?= $(IMAGES)
 # LOCKED=1: build only from the committed locks (CI); unset, a lock solved against another base is re-solved
 LOCKED ?=
+# make lock-drift keeps its fresh solves here when set (default: a scratch folder it removes)
+DRIFT_OUT ?=
 REGISTRY ?=
 # What `make push` pushed: "<registry>/<image>:<git sha> <registry>/<image>@sha256:..." lines; cluster files pin by it
 PUSHED ?= build/pushed-images.txt
@@ -59,7 +60,9 @@ COMPOSE_DEP = $(if $(HAS_COMPOSE_PLUGIN),,$(VENV_STAMP))
 RUNNER ?= $(if $(shell $(DOCKER) info --format '{{.ServerVersion}}' 2>/dev/null),docker,local)
 GPUS ?=
 NODES ?= 1
-CACHE_DIR ?= .cache/eurosat
+# The decoded-image cache, one for every runner: local runs read it as EUROSAT_CACHE_DIR, containers mount it at /cache
+CACHE_DIR ?= $(or $(EUROSAT_CACHE_DIR),.cache/eurosat)
+export EUROSAT_CACHE_DIR := $(abspath $(CACHE_DIR))
 # Pretrained weights (Hugging Face hub, torch hub) and torch.compile's kernels (Inductor, Triton) in one host folder:
 # local runs use it, containers mount it at /models, so that a second run reuses both
 MODEL_CACHE ?= .cache/models
@@ -75,7 +78,7 @@ NODE_STAMP := node_modules/.installed
 # make test and make test-all run the tests in this many processes (pytest-xdist), each test on its share of the cores
 TEST_WORKERS ?= auto
 
-.PHONY: help venv bench gpu-check reproduce report cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lint test test-all test-images clean \
+.PHONY: help venv bench gpu-check reproduce report cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lock-drift lint test test-all test-images clean \
 	new-project doctor check-project check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
 	slurm-image slurm-up slurm-shell slurm-down weights
 
@@ -157,10 +160,14 @@ gpu-check: ## measure one NVIDIA GPU offline in about 9 minutes; report into ben
 lock: $(VENV_STAMP) ## regenerate requirements.lock (hashes, all platforms) from requirements.in
 	$(VENV_PY) scripts/lock.py compile requirements.in requirements.lock
 
-lock-check: $(VENV_STAMP) ## fail when a lock no longer matches its input or LOCK_CUTOFF, or was edited after it was generated
+lock-check: $(VENV_STAMP) ## fail when a lock no longer satisfies its requirements.in or LOCK_CUTOFF, or was edited after it was generated (offline)
 	$(VENV_PY) scripts/lock.py check requirements.in requirements.lock
-	$(VENV_PY) scripts/lock.py verify $(IMAGES_DIR)/*/requirements.lock
-	$(VENV_PY) scripts/lock.py cutoff $(IMAGES_DIR)/*/requirements.lock
+	$(VENV_PY) scripts/lock.py check-images $(IMAGES_DIR)
+
+lock-drift: $(VENV_STAMP) check-docker ## report what a re-solve today would change in each lock (LOCK_LAYERS), with upload times; never fails on drift
+	@$(DOCKER) image inspect $(NGC_BASE) >/dev/null 2>&1 || $(DOCKER) pull $(NGC_BASE)
+	DOCKER=$(DOCKER) PIP_CA=$(PIP_CA) $(VENV_PY) scripts/lock_drift.py --ngc-base $(NGC_BASE) --images $(IMAGES_DIR) \
+		$(if $(DRIFT_OUT),--out $(DRIFT_OUT)) $(LOCK_LAYERS)
 
 relock: $(VENV_STAMP) check-docker ## refresh every lock: LOCK_CUTOFF (images/versions.env) set to now, then make lock lock-images
 	$(VENV_PY) scripts/lock.py relock

@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from lock import VERSIONS, seal, versions_problems  # noqa: E402
+from lock import VERSIONS, input_hash, seal, versions_problems  # noqa: E402
 
 from eurosat.manifest import image_hierarchy  # noqa: E402
 
@@ -72,7 +72,8 @@ def lock_cuda_layer(layer: str, out: Path) -> None:
     command += ["--generate-hashes", "--exclude-newer", VERSIONS["LOCK_CUTOFF"], "--quiet"]
     command += ["--custom-compile-command", "make lock-images", "-o", str(fresh)]
     subprocess.run(command, check=True)
-    fresh.write_text(f"# uploaded prior to: {VERSIONS['LOCK_CUTOFF']}\n" + fresh.read_text())
+    header = f"# input sha256: {input_hash(source)}\n# uploaded prior to: {VERSIONS['LOCK_CUTOFF']}\n"
+    fresh.write_text(header + fresh.read_text())
     seal(fresh)
     fresh.replace(lock)
     print(f"locked {lock} (universal)")

@@ -4,11 +4,12 @@ Every project's main(argv) runs in this process, behind the same one-line error 
 
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
 import tifffile
-from helpers import PROJECTS, SMALL, main_in_process, run_project
+from helpers import PROJECTS, SMALL, main_in_process, run, run_project
 
 import eurosat.files
 from eurosat.cache import cache_key
@@ -112,10 +113,19 @@ def test_unknown_model(project, data, tmp_path):
     assert_one_clear_line(train(project, data, tmp_path / "runs", "--model", "resnet_nope"), "--model resnet_nope", "unknown")
 
 
+def test_an_unknown_model_suggests_the_names_a_typo_most_likely_meant(tmp_path):
+    result = train(PROJECTS[0], tmp_path, tmp_path / "runs", "--model", "resnet10")
+    assert_one_clear_line(result, "--model resnet10: unknown timm model (did you mean resnet10t, resnet101, ")
+    result = train(PROJECTS[0], tmp_path, tmp_path / "runs", "--model", "tf_efficientnetb5")
+    assert_one_clear_line(result, "(did you mean tf_efficientnet_b5, ")
+
+
 @pytest.mark.parametrize("project", PROJECTS)
-def test_negative_epochs(project, data, tmp_path):
-    result = main_in_process(project, "train", "--data", data, "--epochs", "-1", check=False)
-    assert_one_clear_line(result, "--epochs", "0 or more")
+@pytest.mark.parametrize("epochs", ["-1", "0"])
+def test_no_epochs_to_train_is_refused_before_anything_is_written(project, data, tmp_path, epochs):
+    result = main_in_process(project, "train", "--data", data, "--out", tmp_path / "runs", "--epochs", epochs, check=False)
+    assert_one_clear_line(result, f"argument --epochs: {epochs} must be 1 or more")
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("project", PROJECTS)
@@ -160,6 +170,14 @@ def test_corrupt_checkpoint(project, tmp_path):
 
 
 @pytest.mark.parametrize("project", PROJECTS)
+def test_missing_checkpoint_is_not_called_corrupt(project, tmp_path):
+    checkpoint = tmp_path / "runs" / "best.ckpt"
+    result = main_in_process(project, "evaluate", checkpoint, check=False)
+    assert_one_clear_line(result, f"cannot load checkpoint {checkpoint}: no such file")
+    assert "corrupt" not in result.stderr
+
+
+@pytest.mark.parametrize("project", PROJECTS)
 def test_resume_without_checkpoint(project, tmp_path):
     result = main_in_process(project, "train", "--resume", tmp_path, check=False)
     assert_one_clear_line(result, "--resume", "no checkpoint")
@@ -171,3 +189,27 @@ def test_pretrained_offline(project, data, tmp_path):
     argv = ["train", "--data", data, "--out", tmp_path / "runs", "--epochs", "1", *SMALL, "--pretrained"]
     result = run_project(project, *argv, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert_one_clear_line(result, "--pretrained", "--weights PATH")
+
+
+# A mistyped command answers before torch is imported (about 6 s on 2 cores): its arguments are checked first.
+IMPORTS_AFTER = """
+import runpy, sys
+module = sys.argv[1] == "-m"
+sys.argv = sys.argv[2:] if module else sys.argv[1:]
+sys.path.insert(0, "bench")
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__") if module else runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exc:
+    print("exit", exc.code, "imported", *sorted({"torch", "timm"} & sys.modules.keys()))
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "eurosat.report", "runs/nope"], ["-m", "eurosat.reproduce", "/tmp/nope"], ["bench/run.py", "--budget", "0"]],
+    ids=["report", "reproduce", "bench"],
+)
+def test_a_mistyped_command_answers_before_importing_torch(command):
+    result = run(sys.executable, "-c", IMPORTS_AFTER, *command, check=False)
+    assert result.stdout.strip() == "exit 2 imported", result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -85,3 +85,57 @@ def test_make_relock_moves_the_cutoff_and_lock_check_names_every_lock_it_leaves_
     result = run(sys.executable, lock_py, "cutoff", *locks, check=False)
     assert result.returncode == 1
     assert [line.split(" was solved")[0] for line in result.stderr.splitlines()] == [f"error: {lock}" for lock in locks]
+
+
+def check_images(images) -> subprocess.CompletedProcess:
+    return run(sys.executable, REPO / "scripts" / "lock.py", "check-images", images, check=False)
+
+
+def test_lock_check_holds_every_image_lock_to_its_requirements_in_offline(tmp_path):
+    """What CI checks of an image lock depends on its inputs alone, never on what the index serves today."""
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    assert check_images(images).stdout == f"every lock in {images} satisfies its requirements.in\n"
+
+    source = images / "lightning" / "requirements.in"
+    source.write_text(source.read_text() + "pyfiglet\n")  # an input edited after the solve
+    (images / "jupyter" / "requirements.in").write_text("jupyterlab>=4.5\nnbclient\nipykernel\n")  # the base has 4.4.9
+    result = check_images(images)
+    assert result.returncode == 1
+    lightning, jupyter = images / "lightning", images / "jupyter"
+    assert result.stderr.splitlines() == [
+        f"error: {jupyter / 'requirements.in'} changed since {jupyter / 'requirements.lock'} was solved: run `make lock-images`",
+        f"error: the base has (as {jupyter / 'requirements.lock'} records) jupyterlab==4.4.9, "
+        f"{jupyter / 'requirements.in'} asks for jupyterlab>=4.5: run `make lock-images`",
+        f"error: {source} changed since {lightning / 'requirements.lock'} was solved: run `make lock-images`",
+        f"error: pyfiglet is in {source} but not pinned in {lightning / 'requirements.lock'} nor met by the base: "
+        "run `make lock-images`",
+    ]
+
+
+def reseal(lock, text: str) -> None:
+    lock.write_text(text)
+    run(sys.executable, REPO / "scripts" / "lock.py", "seal", lock)
+
+
+def test_lock_check_names_an_image_lock_without_its_pins_hashes_or_base(tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    lock = images / "torch-ngc" / "requirements.lock"
+    text = lock.read_text()
+    text = re.sub(r"^timm==\S+ \\\n    --hash=sha256:[0-9a-f]{64}\n    # via .*\n", "", text, flags=re.M)  # timm's pin gone
+    text = re.sub(r"^(tifffile==\S+) \\\n    --hash=sha256:[0-9a-f]{64}\n", r"\1\n", text, flags=re.M)  # an unhashed pin
+    reseal(lock, re.sub(r"^# base: .*\n", "", text, flags=re.M))
+    result = check_images(images)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {lock} records no '# base:' fingerprint of the base it was solved in: run `make lock-images`",
+        f"error: timm is in {lock.with_suffix('.in')} but not pinned in {lock} nor met by the base: run `make lock-images`",
+        f"error: tifffile has no hash in {lock}: run `make lock-images`",
+    ]
+
+
+def test_lock_drift_names_an_unknown_layer_in_one_line():
+    result = run(sys.executable, "scripts/lock_drift.py", "--ngc-base", "any", "nope", check=False)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [f"error: no {REPO / 'images'}/<layer>/requirements.in for nope"]

@@ -1,6 +1,7 @@
 """The Makefile as a newcomer uses it."""
 
 import importlib.util
+import os
 import re
 import shutil
 import sys
@@ -23,6 +24,7 @@ def test_help_lists_every_target_with_one_line():
         "data-sample",
         "lock",
         "lock-check",
+        "lock-drift",
         "lint",
         "test",
         "test-all",
@@ -102,3 +104,13 @@ def test_lock_check_fails_when_the_input_changes(tmp_path):
     source.write_text((REPO / "requirements.in").read_text().replace("torch==2.14.1", "torch==2.13.0"))
     result = run(sys.executable, REPO / "scripts" / "lock.py", "check", source, tmp_path / "requirements.lock", check=False)
     assert "pins torch==2.14.1" in result.stderr
+
+
+def test_every_runner_gets_one_decoded_image_cache_by_default():
+    """RUNNER=local reads EUROSAT_CACHE_DIR, compose mounts CACHE_DIR at /cache: by default both are .cache/eurosat."""
+    env = {key: value for key, value in os.environ.items() if key not in ("EUROSAT_CACHE_DIR", "CACHE_DIR")}
+    show = 'show-cache: ; @echo "$$EUROSAT_CACHE_DIR $(abspath $(CACHE_DIR))"'
+    result = run("make", "--eval", show, "show-cache", env=env)
+    assert result.stdout.split() == [str(REPO / ".cache" / "eurosat")] * 2
+    result = run("make", "--eval", show, "show-cache", "CACHE_DIR=/scratch/cache", env=env)
+    assert result.stdout.split() == ["/scratch/cache"] * 2

@@ -6,12 +6,14 @@
 pip resolves IN with the base's PIP_CONSTRAINT in force and every installed distribution as a constraint (the
 base's own versions, pre-releases like NGC's torch included), for this Python and platform, ignoring every file
 uploaded after CUTOFF. OUT gets only what the base lacks, one hashed file per package, headed by the base's
-fingerprint and the cutoff. SOLVER_PIP is `pip==<version> --hash=sha256:<hex>`: the base's own pip may predate
+fingerprint, the cutoff, the sha256 of IN and the versions the base has of IN's requirements it already meets, so
+that `scripts/lock.py check` can tell offline that the lock still satisfies IN. SOLVER_PIP is `pip==<version> --hash=sha256:<hex>`: the base's own pip may predate
 --uploaded-prior-to, so that pip is downloaded (hash-checked) and run from its wheel, never installed.
 A failed solve is one line naming the layer and what conflicts, and exit 1. Runs in the base's own Python:
 the standard library and the `packaging` that every pip vendors.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -83,13 +85,26 @@ def via(items: list[dict], environment: dict) -> tuple[dict[str, list[str]], lis
     return parents, extras
 
 
-def lock_text(layer: str, report: dict, fingerprint: str, cutoff: str, base: str) -> str:
+def met_by_base(source: Path, items: list[dict], installed: dict[str, str]) -> list[str]:
+    """`name==version` of each requirement of `source` that pip installs nothing for: the base's version of it."""
+    pinned = {canonicalize_name(item["metadata"]["name"]) for item in items}
+    names = {canonicalize_name(Requirement(line).name) for line in requirement_lines(source)}
+    return [f"{name}=={installed[name]}" for name in sorted(names - pinned)]
+
+
+def requirement_lines(source: Path) -> list[str]:
+    return [line for line in (raw.split("#")[0].strip() for raw in source.read_text().splitlines()) if line]
+
+
+def lock_text(layer: str, source: Path, report: dict, installed: dict[str, str], fingerprint: str, cutoff: str, base: str) -> str:
     items = sorted(report["install"], key=lambda item: canonicalize_name(item["metadata"]["name"]))
     parents, extras = via(items, report["environment"])
     lines = [
         f"# base: {fingerprint}",
+        f"# input sha256: {hashlib.sha256(source.read_bytes()).hexdigest()}",
         f"# uploaded prior to: {cutoff}",
         f"# base image: {base}",
+        f"# met by the base: {' '.join(met_by_base(source, items, installed)) or 'nothing'}",
         f"# Solved from images/{layer}/requirements.in inside that base (make lock-images), with its constraint file and",
         "# installed versions in force: only what the base lacks, one file per package for its Python and platform.",
     ]
@@ -110,7 +125,8 @@ def solve(source: Path, out: Path, layer: str, cutoff: str, pip_requirement: str
         folder = Path(scratch)
         wheel = solver_pip(pip_requirement, folder)
         installed = folder / "installed.txt"
-        installed.write_text(subprocess.run(["base-fingerprint", "freeze"], capture_output=True, text=True, check=True).stdout)
+        freeze = subprocess.run(["base-fingerprint", "freeze"], capture_output=True, text=True, check=True).stdout
+        installed.write_text(freeze)
         report = folder / "report.json"
         command = [sys.executable, str(wheel / "pip"), "install", "--dry-run", "--only-binary=:all:"]
         command += ["--uploaded-prior-to", cutoff, "--report", str(report), "-r", str(source), "-c", str(installed)]
@@ -118,7 +134,8 @@ def solve(source: Path, out: Path, layer: str, cutoff: str, pip_requirement: str
         if result.returncode != 0:
             fail(f"cannot be solved on this base: {conflict(result.stdout + result.stderr)}")  # pip explains on stdout
         fingerprint = subprocess.run(["base-fingerprint", "show"], capture_output=True, text=True, check=True).stdout.strip()
-        out.write_text(lock_text(layer, json.loads(report.read_text()), fingerprint, cutoff, base))
+        versions = {canonicalize_name(name): version for name, version in (line.split("==", 1) for line in freeze.split())}
+        out.write_text(lock_text(layer, source, json.loads(report.read_text()), versions, fingerprint, cutoff, base))
 
 
 def main(argv: list[str]) -> int:

@@ -50,7 +50,9 @@ class CachedImages:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("EUROSAT_CACHE_DIR") or Path.home() / ".cache" / "eurosat")
+    """$EUROSAT_CACHE_DIR, else .cache/eurosat under the working directory: the folder `make` gives every runner
+    (containers mount it at /cache), so switching between a venv and a container decodes nothing again."""
+    return Path(os.environ.get("EUROSAT_CACHE_DIR") or Path(".cache") / "eurosat")
 
 
 def cache_key(file_list: FileList, bands: tuple[int, ...]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import timm
@@ -12,8 +13,8 @@ from eurosat.errors import UserError
 
 def check_model_name(name: str) -> None:
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name[:6]}*")[:5] if name else []
-        hint = f" (close: {', '.join(close)})" if close else ""
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)  # what a typo most likely meant
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UserError(f"--model {name}: unknown timm model{hint}; e.g. tf_efficientnet_b5, resnet18, resnet10t")
 
 

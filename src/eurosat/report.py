@@ -12,7 +12,6 @@ from pathlib import Path
 
 from eurosat.cli import run_cli
 from eurosat.errors import UserError
-from eurosat.evaluation import draw_matrix, table
 from eurosat.reproduce import read_run
 
 EVALUATION_KEYS = {"checkpoint", "samples", "accuracy", "classes", "per_class", "averages", "confusion_matrix"}
@@ -38,6 +37,8 @@ def read_evaluation(run_dir: Path) -> dict | None:
 def figure(metrics: list[dict], evaluation: dict | None):
     """Loss and accuracy per epoch (training and validation) and, when there is one, the row-normalised confusion matrix."""
     import matplotlib
+
+    from eurosat.evaluation import draw_matrix  # torch: here, so that a mistyped RUN answers at once
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -89,6 +90,8 @@ def markdown(run_dir: Path, config: dict, provenance: dict, metrics: list[dict],
         )
     lines += ["", "## Classes", ""]
     if evaluation:
+        from eurosat.evaluation import table
+
         lines += [f"{Path(evaluation['checkpoint']).name} on {evaluation['samples']} validation images:", "", "```"]
         lines += [table(evaluation), "```"]
     else:

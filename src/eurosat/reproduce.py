@@ -15,9 +15,7 @@ from pathlib import Path
 from eurosat import manifest
 from eurosat.cli import ArgumentParser, run_cli
 from eurosat.errors import UserError
-from eurosat.lifecycle import make_parser
-from eurosat.projects import load_project
-from eurosat.runs import REPO_ROOT
+from eurosat.manifest import REPO_ROOT
 
 NOT_REPLAYED = {"help", "command", "resume", "out", "profile", "profiler", "tracking", "tracking_uri"}  # where, not what
 COMPARED = {
@@ -54,6 +52,9 @@ def read_run(run_dir: Path) -> tuple[dict, dict, list[dict]]:
 
 def train_arguments(project: str, config: dict) -> list[str]:
     """The `train` command line that gives this config: every flag of the project's train parser."""
+    from eurosat.lifecycle import make_parser  # torch and timm: here, so that a mistyped RUN answers at once
+    from eurosat.projects import load_project
+
     _, commands = make_parser(load_project(project).EXPERIMENT)
     argv = ["train"]
     for action in commands["train"]._actions:

@@ -114,6 +114,10 @@ def write_json(path: Path, data) -> None:
 def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"cannot load checkpoint {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"cannot load checkpoint {path}: a folder, not a checkpoint file") from None
     except Exception as exc:  # truncated, corrupt or not a checkpoint
         raise UserError(
             f"cannot load checkpoint {path} ({exc.__class__.__name__}): the file is corrupt or not a checkpoint"

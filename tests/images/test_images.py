@@ -165,6 +165,22 @@ def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_im
         shutil.rmtree(REPO / out, ignore_errors=True)
 
 
+def test_local_and_container_runs_share_one_decoded_image_cache(built_images, sample_dir, tmp_path):
+    """make gives both runners the same CACHE_DIR: a container run decodes into it, a venv run reads the same files."""
+    cache, out = tmp_path / "cache", tmp_path / "runs"
+    args = f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --out {out}"
+    make("train", "RUNNER=docker", f"DATA={sample_dir}", f"CACHE_DIR={cache}", args.replace(str(out), "runs/cache-test"))
+    shutil.rmtree(REPO / "runs" / "cache-test", ignore_errors=True)
+    (array,) = cache.glob("*.npy")
+    decoded = array.stat()
+    make("train", "RUNNER=local", f"DATA={sample_dir}", f"CACHE_DIR={cache}", args)
+    assert sorted(path.name for path in cache.iterdir()) == sorted([array.name, array.with_suffix(".json").name,
+                                                                    array.with_suffix(".lock").name])  # fmt: skip
+    assert (array.stat().st_ino, array.stat().st_mtime_ns) == (decoded.st_ino, decoded.st_mtime_ns)  # read, not rebuilt
+    (run_dir,) = out.iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["cache_dir"] is None  # the default, not a flag
+
+
 def test_gpus_launches_torchrun_in_the_container(built_images, sample_dir):
     """GPUS=N starts N processes with torchrun (gloo on this CPU-only host); each image is counted once."""
     out = f"runs/image-test-torchrun-{int(time.time())}"

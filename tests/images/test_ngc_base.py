@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 from engine import (
@@ -72,8 +73,19 @@ def test_the_stand_in_behaves_like_ngc_for_pip(base_packages):
 
 @pytest.mark.parametrize("layer", NGC_LAYERS)
 def test_each_committed_lock_was_solved_against_the_base_it_is_built_on(built_images, layer):
-    recorded = re.search(r"^# base: (.+)$", (REPO / "images" / layer / "requirements.lock").read_text(), re.M).group(1)
-    assert recorded == base_fingerprint(PARENT[layer], "show")
+    lock = (REPO / "images" / layer / "requirements.lock").read_text()
+    assert re.search(r"^# base: (.+)$", lock, re.M).group(1) == base_fingerprint(PARENT[layer], "show")
+    # what make lock-check takes as met by the base is what the base has
+    met = re.search(r"^# met by the base: (.+)$", lock, re.M).group(1)
+    installed = freeze(PARENT[layer])
+    assert [pin for pin in met.split() if pin != "nothing"] == [f"{name}=={installed[name]}" for name in met_by_base(layer)]
+
+
+def met_by_base(layer: str) -> list[str]:
+    """The names of the layer's requirements its lock does not pin (sorted)."""
+    source = (REPO / "images" / layer / "requirements.in").read_text()
+    names = {re.sub(r"[-_.]+", "-", name).lower() for name in re.findall(r"^([A-Za-z0-9_.-]+)", source, re.M)}
+    return sorted(names - set(pins((REPO / "images" / layer / "requirements.lock").read_text())))
 
 
 @pytest.mark.parametrize("layer", NGC_LAYERS)
@@ -264,18 +276,45 @@ def test_uv_cannot_replace_the_base_torch_either(built_images, base_packages):
     assert guarded.splitlines()[-1] == base_packages["torch"]  # and the guard holds
 
 
-def test_make_lock_images_solves_each_layer_inside_the_base(built_images, base_packages, tmp_path):
-    images = tmp_path / "images"
-    shutil.copytree(REPO / "images", images)
+def test_make_lock_images_solves_each_layer_inside_the_base_the_same_way_twice(built_images, base_packages, tmp_path):
+    """A solve is checked against its inputs and against a second solve in the same run, never against the committed
+    locks: the index can change its past (a yank, a file listed with another upload time), so what a re-solve today
+    changes against them is make lock-drift's report. Here lock-drift re-solves a tampered copy of the first solve:
+    it reports exactly the tampering, keeps its solves (DRIFT_OUT) equal to the first ones byte for byte, exits 0."""
+    committed = {layer: (REPO / "images" / layer / "requirements.lock").read_text() for layer in NGC_LAYERS}
+    first = tmp_path / "first"
+    shutil.copytree(REPO / "images", first)
     for layer in NGC_LAYERS:
-        (images / layer / "requirements.lock").unlink()
-    make("lock-images", f"LOCK_LAYERS={' '.join(NGC_LAYERS)}", f"IMAGES_DIR={images}", timeout=900)
+        (first / layer / "requirements.lock").unlink()
+    make("lock-images", f"LOCK_LAYERS={' '.join(NGC_LAYERS)}", f"IMAGES_DIR={first}", timeout=900)
+    lock_py = [sys.executable, REPO / "scripts" / "lock.py"]
+    checked = subprocess.run([*lock_py, "check-images", first], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr  # the fresh locks carry every line make lock-check reads
     for layer in NGC_LAYERS:
-        lock = (images / layer / "requirements.lock").read_text()
-        # the committed cutoff makes the solve reproducible on any later day: the same lock, byte for byte
-        assert lock == (REPO / "images" / layer / "requirements.lock").read_text(), layer
+        lock = (first / layer / "requirements.lock").read_text()
         pinned = re.findall(r"^([a-z0-9-]+)==", lock, re.M)
         assert not set(pinned) & set(base_packages)  # only what the base lacks
         for name in re.findall(r"^([a-z0-9-]+)", (REPO / "images" / layer / "requirements.in").read_text(), re.M):
             assert name in pinned or name in base_packages or name in freeze(PARENT[layer]), name
+
+    old = tmp_path / "old"  # the first solve as an older lock: one pin at another version, one the index dropped
+    shutil.copytree(first, old)
+    lock = old / "torch-ngc" / "requirements.lock"
+    solved = lock.read_text()
+    imageio = re.search(r"^imageio==(\S+) ", solved, re.M).group(1)
+    gone = "eurosat-gone==1.0 \\\n    --hash=sha256:" + "0" * 64 + "\n    # via -r requirements.in\n"
+    lock.write_text(solved.replace(f"imageio=={imageio} ", "imageio==0.0.1 ") + gone)
+    subprocess.run([*lock_py, "seal", lock], check=True)
+    again = tmp_path / "again"
+    result = make("lock-drift", f"LOCK_LAYERS={' '.join(NGC_LAYERS)}", f"IMAGES_DIR={old}", f"DRIFT_OUT={again}", timeout=900)
+    for layer in NGC_LAYERS:
+        assert (again / "images" / layer / "requirements.lock").read_bytes() == (first / layer / "requirements.lock").read_bytes()
+    report = result.stdout.splitlines()
+    at = report.index("images/torch-ngc/requirements.lock: 2 difference(s) from a re-solve today")
+    assert report[at + 1] == "  removed eurosat-gone 1.0"
+    assert re.fullmatch(rf"  changed imageio 0\.0\.1 -> {re.escape(imageio)} \((uploaded \S+Z|upload time .+)\)", report[at + 2])
+    for layer in NGC_LAYERS[1:]:
+        assert any(re.fullmatch(rf"images/{layer}/requirements\.lock: no drift \(\d+ pins\)", line) for line in report), layer
+    assert any(line.startswith("requirements.lock: ") for line in report)  # the root lock is re-solved too
+    assert {layer: (REPO / "images" / layer / "requirements.lock").read_text() for layer in NGC_LAYERS} == committed
     assert docker("ps", "--quiet", "--filter", f"ancestor={STANDIN_NGC}").stdout.strip() == ""  # the container is gone
