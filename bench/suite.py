@@ -61,6 +61,7 @@ def accuracy_pair(bench: measure.Bench, seed: int, data_dir: Path, scratch: Path
     common += ["--device", bench.device.type, "--seed", seed]
     baseline = [sys.executable, REPO / "bench" / "baseline.py", *common, "--workers", args.workers]
     project = [sys.executable, manifest.load(args.project).train_script, "train", *common, "--cache-dir", scratch / "tta-cache"]
+    project.append("--no-pretrained")  # from random weights, as the baseline starts
     runs = {"baseline": (baseline, scratch / f"baseline-{seed}"), "project": (project, scratch / f"runs-{seed}")}
     return {side: measure.time_to_accuracy([*cmd, "--out", out], out, TARGET_ACCURACY) for side, (cmd, out) in runs.items()}
 

@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def cache_dir(tmp_path_factory):
     """Every test and every process it starts caches decoded arrays in a private folder."""
     path = tmp_path_factory.mktemp("cache")
     os.environ["EUROSAT_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def weights_lock(tmp_path_factory):
+    """A run that records a model's weights writes a copy of weights.lock, never the working tree's."""
+    path = tmp_path_factory.mktemp("weights") / "weights.lock"
+    shutil.copy(Path(__file__).resolve().parents[1] / "weights.lock", path)
+    os.environ["EUROSAT_WEIGHTS_LOCK"] = str(path)
     return path
 
 

@@ -30,12 +30,12 @@ PROJECTS = manifest.project_names()  # every project-parametrized test runs on e
 # timm's smallest ResNet (0.37M parameters, a 4.5 MB checkpoint): where the model is not the point, it trains the
 # sample data to a clear result in a fraction of resnet10t's time (4.9M parameters, 59 MB per checkpoint).
 MODEL = "test_resnet"
-SMALL = ["--model", MODEL, "--batch-size", "16"]
+SMALL = ["--model", MODEL, "--batch-size", "16", "--no-pretrained"]  # random weights: tests run offline
 # Where a test races a signal or a limit against training (stop mid-epoch, after a checkpoint), a model whose steps
 # take long enough that the epoch is still running when it lands: resnet10t, ~0.2 s a step at batch 16 on 2 cores.
-PACED = ["--model", "resnet10t", "--batch-size", "16"]
+PACED = ["--model", "resnet10t", "--batch-size", "16", "--no-pretrained"]
 # 540 sample images with a 25% validation share: 135, odd, so a padding sampler on 2 ranks would count 136
-DDP_ARGS = ["--epochs", "1", "--batch-size", "32", "--model", MODEL, "--val-fraction", "0.25"]
+DDP_ARGS = ["--epochs", "1", "--batch-size", "32", "--model", MODEL, "--val-fraction", "0.25", "--no-pretrained"]
 
 
 def free_port() -> int:
@@ -126,7 +126,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def without_timings(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds", "elapsed_s")} for r in history]
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "seconds", "elapsed_s", "bn_recompute_s")} for r in history]
 
 
 def weights(checkpoint_path: Path) -> dict:
@@ -194,13 +194,19 @@ def write_hub_entry(hf_home: Path, repo_id: str, files: dict[str, bytes]) -> str
     return commit
 
 
-def cached_weights(cache: Path, model: str) -> Path:
-    """A MODEL_CACHE holding `model`'s ImageNet weights (seeded random ones) where timm looks for them offline."""
+def cached_weights(cache: Path, model: str, lock: Path | None = None) -> Path:
+    """A MODEL_CACHE holding `model`'s ImageNet weights (seeded random ones) in the hub's cache layout, and, with
+    `lock`, their weights.lock entry written there, as `make weights MODEL=...` writes it."""
     import safetensors.torch
     import timm
 
+    from eurosat.weights import Entry, read_lock, write_lock
+
     torch.manual_seed(7)
-    weights = timm.create_model(model).state_dict()
+    data = safetensors.torch.save(timm.create_model(model).state_dict())
     repo_id = timm.models.get_pretrained_cfg(model).hf_hub_id
-    write_hub_entry(cache / "huggingface", repo_id, {"model.safetensors": safetensors.torch.save(weights)})
+    commit = write_hub_entry(cache / "huggingface", repo_id, {"model.safetensors": data})
+    if lock is not None:
+        entry = Entry(repo_id, commit, "model.safetensors", len(data), hashlib.sha256(data).hexdigest())
+        write_lock(lock, {**read_lock(lock), model: entry})
     return cache

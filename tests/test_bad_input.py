@@ -187,8 +187,11 @@ def test_resume_without_checkpoint(project, tmp_path):
 def test_pretrained_offline(project, data, tmp_path):
     # a process: the hub reads HF_HUB_OFFLINE when it is imported
     argv = ["train", "--data", data, "--out", tmp_path / "runs", "--epochs", "1", *SMALL, "--pretrained"]
-    result = run_project(project, *argv, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert_one_clear_line(result, "--pretrained", "--weights PATH")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hub")}
+    env.pop("LOCKED", None)
+    result = run_project(project, *argv, check=False, env=env)
+    assert_one_clear_line(result, "--pretrained: cannot get ImageNet weights", "make weights MODEL=", "--no-pretrained")
+    assert not (tmp_path / "runs").exists()
 
 
 # A mistyped command answers before torch is imported (about 6 s on 2 cores): its arguments are checked first.

@@ -355,6 +355,7 @@ def test_each_gpu_file_reserves_the_gpus_for_every_gpu_service(how, device):
         "DATA_DIR": str(REPO / "data"),
         "CACHE_DIR": str(REPO / ".cache"),
         "MODEL_DIR": str(REPO / ".cache"),
+        "WEIGHTS_LOCK": str(REPO / "weights.lock"),
         "PROJECT": PROJECTS[0],
     }
     compose = str(REPO / ".venv" / "bin" / "compose-v2")

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = ["write data", "train eurosat-amp", "train eurosat-lightning", "bench", "deterministic 1", "deterministic 2"]
 STEPS += ["train --compile"]
-TRAIN = f"--model {MODEL} --batch-size 32 --epochs 2"
+TRAIN = f"--model {MODEL} --batch-size 32 --epochs 2 --no-pretrained"
 BENCH = f"--model {MODEL} --batch-size 32 --workers 0 --warmup-steps 1 --steps 2 --accuracy-epochs 1 --repeats 1"
 
 

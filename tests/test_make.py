@@ -72,7 +72,7 @@ def test_make_data_sample_then_train(tmp_path):
         "RUNNER=local",
         "PROJECT=eurosat-lightning",
         f"DATA={data}",
-        f"ARGS=--epochs 1 --model {MODEL} --batch-size 64 --out {tmp_path / 'runs'}",
+        f"ARGS=--epochs 1 --model {MODEL} --batch-size 64 --no-pretrained --out {tmp_path / 'runs'}",
     )
     assert "Epoch 1/1 loss" in result.stdout
     assert list((tmp_path / "runs").glob("*/last.ckpt"))

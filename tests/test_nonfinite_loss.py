@@ -14,7 +14,7 @@ from eurosat import manifest
 from eurosat.sample import write_sample
 
 # 432 training images at batch 16: 27 steps an epoch
-ARGS = ["--model", MODEL, "--batch-size", "16", "--epochs", "2"]
+ARGS = ["--model", MODEL, "--batch-size", "16", "--epochs", "2", "--no-pretrained"]
 
 
 @pytest.fixture(scope="module")

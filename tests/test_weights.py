@@ -1,63 +1,112 @@
-"""The weights cache: `make weights` and `--pretrained` offline (HF_HUB_OFFLINE=1) use a cache entry written here in
-huggingface_hub's own on-disk layout; without one they stop with one line."""
+"""ImageNet weights pinned like packages: weights.lock names each model's hub repository, revision, file, size and
+sha256; a run loads only that file, found offline (HF_HUB_OFFLINE=1) in a cache written in huggingface_hub's own
+layout. A tampered file, a model the lock lacks (recorded, or refused under LOCKED=1) and missing weights are one
+line each, before anything is written."""
 
+import hashlib
+import json
 import os
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import timm
 from helpers import SMALL, cached_weights, read_metrics, run, run_project, single_run_dir
 
-pytestmark = pytest.mark.slow  # real processes and servers; make test-all runs them
+pytestmark = pytest.mark.slow  # real processes; make test-all runs them
 MODEL = SMALL[SMALL.index("--model") + 1]
+PRETRAINED = [arg for arg in SMALL if arg != "--no-pretrained"]  # the default: ImageNet weights
+REPO_ID = timm.models.get_pretrained_cfg(MODEL).hf_hub_id
 
 
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory) -> Path:
-    return cached_weights(tmp_path_factory.mktemp("models"), MODEL)
+def offline(cache: Path, lock: Path, **env) -> dict:
+    base = {key: value for key, value in os.environ.items() if key != "LOCKED"}  # (CI sets it for its image builds)
+    return {**base, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cache / "huggingface"), "EUROSAT_WEIGHTS_LOCK": str(lock), **env}
 
 
-def offline(**env) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+def train(data, out, env, *extra):
+    return run_project("eurosat-amp", "--data", data, "--out", out, *PRETRAINED, "--epochs", "1", *extra, check=False, env=env)
 
 
-def test_make_weights_offline_finds_the_cached_weights(model_cache):
-    result = run("make", "weights", f"MODEL={MODEL}", f"MODEL_CACHE={model_cache}", env=offline())
-    repo_id = timm.models.get_pretrained_cfg(MODEL).hf_hub_id
-    assert f"{MODEL}: pretrained weights (hf-hub:{repo_id}) are in {model_cache / 'huggingface'}" in result.stdout
+def test_a_run_starts_from_the_locked_file_and_records_it(sample_dir, tmp_path):
+    lock = tmp_path / "weights.lock"
+    cache = cached_weights(tmp_path / "models", MODEL, lock)
+    entry = tomllib.loads(lock.read_text())[MODEL]
+    result = train(sample_dir, tmp_path / "runs", offline(cache, lock))
+    assert result.returncode == 0, result.stderr
+    run_dir = single_run_dir(tmp_path / "runs")
+    recorded = json.loads((run_dir / "provenance.json").read_text())["pretrained"]
+    assert recorded == {"model": MODEL, "source": f"hf-hub:{REPO_ID}@{entry['revision']}/model.safetensors", **entry}
+    assert len(read_metrics(run_dir)) == 1
+
+    blob = next((cache / "huggingface").rglob("blobs/*"))  # the same file, changed after it was locked
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
+    result = train(sample_dir, tmp_path / "again", offline(cache, lock))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    actual = hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert re.fullmatch(
+        rf"error: \S+/model\.safetensors: sha256 {actual} \(\d+ bytes\), but {re.escape(str(lock))} pins {MODEL} to "
+        rf"{entry['sha256']} \({entry['size']} bytes\): delete the file and run `make weights MODEL={MODEL}`",
+        lines[0],
+    )
+    assert not (tmp_path / "again").exists()  # nothing trained, nothing written
 
 
-def test_pretrained_training_offline_uses_the_cache(model_cache, sample_dir, tmp_path):
-    out = tmp_path / "runs"
-    hf_home = model_cache / "huggingface"
-    run_project("eurosat-amp", "--data", sample_dir, "--out", out, *SMALL, "--epochs", "1", "--pretrained",
-                env=offline(HF_HOME=str(hf_home)))  # fmt: skip
-    assert len(read_metrics(single_run_dir(out))) == 1
-    # the same command with an empty cache cannot train: the weights above came from the cache
+def test_a_model_the_lock_lacks_is_recorded_and_said_and_refused_under_locked(sample_dir, tmp_path):
+    lock = tmp_path / "weights.lock"
+    lock.write_text("")
+    cache = cached_weights(tmp_path / "models", MODEL)  # in the cache (as a download leaves it), not in the lock
+    refused = train(sample_dir, tmp_path / "locked", offline(cache, lock, LOCKED="1"))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: --pretrained: {MODEL} is not in {lock}, and LOCKED=1 loads only locked weights: run `make weights "
+        f"MODEL={MODEL}` where there is internet and commit weights.lock, or pass --no-pretrained"
+    ]
+    assert lock.read_text() == "" and not (tmp_path / "locked").exists()
+
+    result = train(sample_dir, tmp_path / "runs", offline(cache, lock))
+    assert result.returncode == 0, result.stderr
+    entry = tomllib.loads(lock.read_text())[MODEL]
+    blob = next((cache / "huggingface").rglob("blobs/*"))
+    assert entry == {"repo": REPO_ID, "revision": (cache / "huggingface").joinpath(
+        "hub", f"models--{REPO_ID.replace('/', '--')}", "refs", "main").read_text(), "file": "model.safetensors",
+        "size": blob.stat().st_size, "sha256": hashlib.sha256(blob.read_bytes()).hexdigest()}  # fmt: skip
+    source = f"hf-hub:{REPO_ID}@{entry['revision']}/model.safetensors"
+    said = f"weights.lock: {MODEL} was not locked; recorded {source} (sha256 {entry['sha256']}): commit it: git add weights.lock"
+    assert said in result.stdout
+
+
+def test_without_the_weights_a_run_stops_before_it_writes_anything(sample_dir, tmp_path):
+    lock = tmp_path / "weights.lock"
+    cached_weights(tmp_path / "models", MODEL, lock)
     empty = tmp_path / "empty"
-    result = run_project("eurosat-amp", "--data", sample_dir, "--out", out, *SMALL, "--pretrained", check=False,
-                         env=offline(HF_HOME=str(empty)))  # fmt: skip
+    result = train(sample_dir, tmp_path / "runs", offline(empty, lock))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: --pretrained: cannot get ImageNet weights for {MODEL} (LocalEntryNotFoundError); fetch them into "
-        f"the weights cache with `make weights MODEL={MODEL}` where there is internet, or pass --weights PATH"
+        f"error: --pretrained: cannot get ImageNet weights for {MODEL} (LocalEntryNotFoundError, HF_HUB_OFFLINE=1: the "
+        f"cache only): run `make weights MODEL={MODEL}` where there is internet (and copy MODEL_CACHE here), or pass "
+        "--no-pretrained"
     ]
+    assert not (tmp_path / "runs").exists()
 
 
-def test_make_weights_offline_without_the_weights_is_one_line(tmp_path):
-    result = run("make", "weights", f"MODEL={MODEL}", f"MODEL_CACHE={tmp_path}", env=offline(), check=False)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 2 and re.match(r"make(\[\d+\])?: \*\*\*", lines[1]), result.stderr  # make's line follows ours
-    assert lines[0].startswith(f"error: MODEL={MODEL}: cannot get its pretrained weights (HF_HUB_OFFLINE=1: the cache only)")
-    assert not any(tmp_path.rglob("*.safetensors"))
+def test_make_weights_records_a_model_then_checks_every_locked_file(tmp_path):
+    lock = tmp_path / "weights.lock"
+    lock.write_text("")
+    cache = cached_weights(tmp_path / "models", MODEL)
+    env = offline(cache, lock)
+    added = run("make", "weights", f"MODEL={MODEL}", f"MODEL_CACHE={cache}", f"WEIGHTS_LOCK={lock}", env=env)
+    entry = tomllib.loads(lock.read_text())[MODEL]
+    source = f"hf-hub:{REPO_ID}@{entry['revision']}/model.safetensors"
+    assert added.stdout.splitlines()[-1] == f"weights.lock: {MODEL} added: {source}: commit it: git add weights.lock"
+    checked = run("make", "weights", f"MODEL_CACHE={cache}", f"WEIGHTS_LOCK={lock}", env=env)
+    assert re.fullmatch(rf"{MODEL}: \S+/snapshots/{entry['revision']}/model\.safetensors \(sha256 {entry['sha256']} checked\)\n",
+                        checked.stdout)  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "model, expected",
-    [("", "error: pass MODEL=<timm model name>"), ("resnet_nope", "error: --model resnet_nope: unknown timm model")],
-)
+@pytest.mark.parametrize("model, expected", [("resnet_nope", "error: --model resnet_nope: unknown timm model")])
 def test_make_weights_bad_model_is_one_line(model, expected, tmp_path):
-    result = run("make", "weights", f"MODEL={model}", f"MODEL_CACHE={tmp_path}", env=offline(), check=False)
+    env = offline(tmp_path, tmp_path / "lock")
+    result = run("make", "weights", f"MODEL={model}", f"MODEL_CACHE={tmp_path}", env=env, check=False)
     assert result.returncode == 2 and result.stderr.startswith(expected), result.stderr

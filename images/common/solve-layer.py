@@ -7,8 +7,9 @@ pip resolves IN with the base's PIP_CONSTRAINT in force and every installed dist
 base's own versions, pre-releases like NGC's torch included), for this Python and platform, ignoring every file
 uploaded after CUTOFF. OUT gets only what the base lacks, one hashed file per package, headed by the base's
 fingerprint, the cutoff, the sha256 of IN and the versions the base has of IN's requirements it already meets, so
-that `scripts/lock.py check` can tell offline that the lock still satisfies IN. SOLVER_PIP is `pip==<version> --hash=sha256:<hex>`: the base's own pip may predate
---uploaded-prior-to, so that pip is downloaded (hash-checked) and run from its wheel, never installed.
+that `scripts/lock.py check-images` can tell offline that the lock still satisfies IN. SOLVER_PIP is
+`pip==<version> --hash=sha256:<hex>`: the base's own pip may predate --uploaded-prior-to, so that pip is downloaded
+(hash-checked) and run from its wheel, never installed.
 A failed solve is one line naming the layer and what conflicts, and exit 1. Runs in the base's own Python:
 the standard library and the `packaging` that every pip vendors.
 """

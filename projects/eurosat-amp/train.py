@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from eurosat import lifecycle
+from eurosat import batchnorm, lifecycle
 from eurosat.datasets import BatchLoader, load_configured_splits, resident_device
 from eurosat.errors import UserError
 from eurosat.inference import evaluate
@@ -61,9 +61,7 @@ def _fit(run: lifecycle.Run, proc) -> None:
     if config.get("deterministic"):
         make_deterministic()
     seed_everything(config["seed"])
-    core = build_model(
-        config["model"], len(data.classes), len(data.bands), config["pretrained"], config["weights"] and Path(config["weights"])
-    )
+    core = build_model(config["model"], len(data.classes), len(data.bands), run.initial_weights)
     core = core.to(proc.device, memory_format=torch.channels_last)
     model = DistributedDataParallel(core) if proc.world_size > 1 else core
     # --compile compiles the training step alone: validation (eval mode, no gradients) would be a second graph to
@@ -138,6 +136,7 @@ def _fit(run: lifecycle.Run, proc) -> None:
         first_step, partial_totals = 0, None
         train_seen_here = float(all_reduce(torch.tensor([float(train_totals[2]) - seen_before], device=proc.device), proc))
         train_seconds = time.perf_counter() - start  # the all-reduce above synchronised the device
+        bn_seconds = batchnorm.recompute_if_needed(core, train_loader, epoch, data.scale, proc.device, amp_dtype, config)
         loss_sum, correct, seen = all_reduce(train_totals, proc).tolist()
         val_loss_sum, val_correct, val_seen = all_reduce(
             evaluate(model, val_loader, data.scale, proc.device, amp_dtype), proc
@@ -151,6 +150,7 @@ def _fit(run: lifecycle.Run, proc) -> None:
                 "val_acc": val_correct / val_seen,
                 "val_samples": int(val_seen),
                 "images_per_s": train_seen_here / train_seconds,
+                "bn_recompute_s": bn_seconds,
                 "seconds": time.perf_counter() - start,
             }
         )

@@ -65,10 +65,10 @@ class EuroSATDataModule(pl.LightningDataModule):
 
 
 class EuroSATClassifier(pl.LightningModule):
-    def __init__(self, model_name: str, classes: list, bands: list, scale: float, lr: float, pretrained=False, weights=None):
+    def __init__(self, model_name: str, classes: list, bands: list, scale: float, lr: float, weights=None):
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(model_name, len(classes), len(bands), pretrained, weights and Path(weights))
+        self.model = build_model(model_name, len(classes), len(bands), weights and Path(weights))
         self.model = self.model.to(memory_format=torch.channels_last)
         # torchmetrics sum over processes, so epoch values are exact under DDP; persistent, so that a mid-epoch
         # checkpoint keeps the epoch's running totals
@@ -122,9 +122,8 @@ def fit(run: lifecycle.Run) -> None:
     run.timeline.mark("data_ready")
     pl.seed_everything(config["seed"], verbose=False)
     data = datamodule.data
-    module = EuroSATClassifier(
-        config["model"], list(data.classes), list(data.bands), data.scale, config["lr"], config["pretrained"], config["weights"]
-    )
+    weights = run.initial_weights and str(run.initial_weights)
+    module = EuroSATClassifier(config["model"], list(data.classes), list(data.bands), data.scale, config["lr"], weights)
     run.timeline.mark("model_built")  # on the CPU: Lightning moves it to the device when fit starts
     precision = config["precision"]
     if precision == "auto":
@@ -143,7 +142,8 @@ def fit(run: lifecycle.Run) -> None:
 
 
 def load_model(checkpoint: dict) -> torch.nn.Module:
-    module = EuroSATClassifier(**{**checkpoint["hyper_parameters"], "pretrained": False, "weights": None})
+    settings = {key: value for key, value in checkpoint["hyper_parameters"].items() if key != "pretrained"}  # (older runs)
+    module = EuroSATClassifier(**{**settings, "weights": None})
     module.load_state_dict(checkpoint["state_dict"])
     return module.model
 

@@ -58,7 +58,12 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     train.add_argument("--split-seed", type=int, default=42, help="seed of the stratified split (default: %(default)s)")
     train.add_argument("--val-fraction", type=float, default=0.2, help="validation share (default: %(default)s)")
     train.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $EUROSAT_CACHE_DIR, else .cache/eurosat)")
-    train.add_argument("--pretrained", action="store_true", help="ImageNet weights from the model hub (needs internet)")
+    train.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start from the model's ImageNet weights, the file weights.lock pins (default); --no-pretrained: random weights",
+    )
     train.add_argument("--weights", type=Path, help="initial weights from a local file (timm/safetensors/torch)")
     train.add_argument("--resume", type=Path, metavar="RUN", help="continue a run from RUN/last.ckpt (RUN or a .ckpt)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -67,6 +72,13 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
         choices=("auto", "device", "host"),
         default="auto",
         help="where the decoded images live while training; auto: on the GPU when they take under a quarter of its free memory",
+    )
+    train.add_argument(
+        "--bn-stats",
+        choices=("auto", "recompute", "running"),
+        default="auto",
+        help="BatchNorm statistics of the validated and saved model: recompute them over the training split before each "
+        "validation, or keep the running averages; auto: recompute when an epoch has fewer than 100 steps",
     )
     train.add_argument("--deterministic", action="store_true", help="deterministic algorithms: runs repeat to the bit")
     train.add_argument(

@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ from eurosat.timeline import Timeline
 from eurosat.tracking import MlflowTracker, previous_run_id
 from eurosat.tracking import default_uri as default_tracking_uri
 from eurosat.training import NonFiniteLoss, restore_rng_state, rng_state
+from eurosat.weights import pretrained_file
 
 # What a resume may change: how long, where it runs and where it is tracked, never what it trains
 RESUME_FLAGS = ("epochs", "device", "data_on", "tracking", "tracking_uri")
@@ -133,6 +134,8 @@ class Run:
         self.is_main = False
         self.writer = None
         self.tracker: MlflowTracker | None = None
+        self.initial_weights: Path | None = None  # a fresh run's starting weights (None: random, or a resume)
+        self.pretrained = None  # their weights.lock entry, when they are ImageNet's
         self.timeline = Timeline()  # the project marks data_ready, model_built and first_step; epochs mark themselves
 
     @classmethod
@@ -147,11 +150,18 @@ class Run:
             config = {**given, "project": experiment.name}
         check_model_name(config["model"])
         list_files(Path(config["data"]))  # a missing or empty data folder is one line before any folder is made
+        initial, locked = None, None  # the weights training starts from, and their weights.lock entry
+        if checkpoint is None and config.get("weights"):
+            initial = Path(config["weights"])
+        elif checkpoint is None and config.get("pretrained"):  # checked before anything is written
+            initial, locked = pretrained_file(config["model"], is_main_process())
         if handed := os.environ.get(RUN_DIR_ENV):  # a process a framework's launcher started from rank 0's
             directory = Path(handed)
         elif directory is None and is_main_process():
             directory = create_run_dir(Path(config["out"]), config["model"])
-        return cls(experiment.name, config, checkpoint, checkpoint_path, directory)
+        run = cls(experiment.name, config, checkpoint, checkpoint_path, directory)
+        run.initial_weights, run.pretrained = initial, locked
+        return run
 
     def begin(self, data: EuroSATSplits, device, world_size: int, is_main: bool, precision, notes: str = "") -> None:
         """Record what this run trains on and how; the main process writes config.json and provenance.json,
@@ -169,6 +179,8 @@ class Run:
             return
         write_json(self.directory / "config.json", self.config)
         record = provenance(self.config["seed"], device, world_size)
+        if self.pretrained:
+            record["pretrained"] = {"model": self.config["model"], "source": self.pretrained.source(), **asdict(self.pretrained)}
         if self.config.get("tracking") == "mlflow":
             self.start_tracking(record)
         record_provenance(self.directory, record)

@@ -5,7 +5,8 @@ the per-epoch record, line and TensorBoard scalars, last.ckpt and best.ckpt at e
 --checkpoint-every steps, SIGINT/SIGTERM as a checkpoint and a clean stop, and the lifecycle's part of every checkpoint.
 Conventions it relies on: the data module has the splits in `.data`, its train loader is a BatchLoader (a stateful
 loader, so a mid-epoch resume skips exactly the trained batches), and the module logs `loss` and `acc` on steps and
-epochs, `val_loss`, `val_acc` and `val_samples` on validation epochs.
+epochs, `val_loss`, `val_acc` and `val_samples` on validation epochs, and holds its network in `.model` and the
+images' scale in `hparams.scale` (for BatchNorm's recomputed statistics, eurosat.batchnorm).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torchmetrics import Metric
 
+from eurosat import batchnorm
 from eurosat.lifecycle import Run
 from eurosat.loop import SYNC_EVERY
 from eurosat.runs import load_checkpoint, save_checkpoint
@@ -56,6 +58,7 @@ class RunCallback(pl.Callback):
         self.folder = run.directory or Path(run.config["out"])
         self.start = time.perf_counter()
         self.losses, self.losses_epoch = None, None  # this epoch's losses, checked for NaN without a sync per step
+        self.bn_seconds = 0.0
 
     def on_train_start(self, trainer, module):
         self.run.stop.install()  # Lightning installed its own SIGTERM handler when fit started
@@ -76,6 +79,11 @@ class RunCallback(pl.Callback):
 
     def on_validation_epoch_start(self, trainer, module):
         self.train_seconds = time.perf_counter() - self.start
+        with trainer.precision_plugin.forward_context():  # the training precision, as validation runs
+            self.bn_seconds = batchnorm.recompute_if_needed(
+                module.model, trainer.train_dataloader, trainer.current_epoch, module.hparams.scale, module.device, None,
+                self.run.config,
+            )  # fmt: skip
 
     def save(self, trainer, module, best: bool = False, mid_epoch: bool = False) -> None:
         # Mid-epoch, rank 0's checkpoint holds the epoch's running totals summed over every rank, not its own only
@@ -120,6 +128,7 @@ class RunCallback(pl.Callback):
             "val_acc": logged["val_acc"],
             "val_samples": int(logged["val_samples"]),
             "images_per_s": trainer.train_dataloader.samples * trainer.world_size / self.train_seconds,
+            "bn_recompute_s": self.bn_seconds,
             "seconds": time.perf_counter() - self.start,
         }
         self.save(trainer, module, best=self.run.end_epoch(record))

@@ -1,4 +1,4 @@
-"""timm models by name, with ImageNet weights from the hub or from a local file."""
+"""timm models by name, from random weights or a weights file."""
 
 from __future__ import annotations
 
@@ -18,26 +18,16 @@ def check_model_name(name: str) -> None:
         raise UserError(f"--model {name}: unknown timm model{hint}; e.g. tf_efficientnet_b5, resnet18, resnet10t")
 
 
-def build_model(
-    name: str, num_classes: int, in_chans: int, pretrained: bool = False, weights: Path | None = None
-) -> torch.nn.Module:
-    """A timm classifier; pretrained weights keep their backbone, the head is new for num_classes."""
+def build_model(name: str, num_classes: int, in_chans: int, weights: Path | None = None) -> torch.nn.Module:
+    """A timm classifier, from random weights or a weights file (ImageNet's from weights.lock, eurosat.weights, or
+    any timm/safetensors/torch file): the backbone is loaded, the head is new for num_classes."""
     check_model_name(name)
     kwargs = {"num_classes": num_classes, "in_chans": in_chans}
-    if weights is not None:
-        if not Path(weights).is_file():
-            raise UserError(f"--weights {weights}: no such file")
-        try:
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
-        except Exception as exc:  # wrong format or architecture
-            raise UserError(f"--weights {weights}: cannot load into {name} ({exc.__class__.__name__}: {exc})") from None
-    if pretrained:
-        try:
-            return timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as exc:  # offline, or no weights published for this model
-            raise UserError(
-                f"--pretrained: cannot get ImageNet weights for {name} ({exc.__class__.__name__}); "
-                f"fetch them into the weights cache with `make weights MODEL={name}` where there is internet, "
-                "or pass --weights PATH"
-            ) from None
-    return timm.create_model(name, pretrained=False, **kwargs)
+    if weights is None:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if not Path(weights).is_file():
+        raise UserError(f"--weights {weights}: no such file")
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
+    except Exception as exc:  # wrong format or architecture
+        raise UserError(f"--weights {weights}: cannot load into {name} ({exc.__class__.__name__}: {exc})") from None

@@ -23,6 +23,8 @@ COMPARED = {
     "git working tree dirty": ("git", "dirty"),
     "lockfile sha256": ("lockfile", "sha256"),
     "container image id": ("container", "image_id"),
+    "pretrained weights": ("pretrained", "source"),
+    "pretrained weights sha256": ("pretrained", "sha256"),
     "python": ("versions", "python"),
     "torch": ("versions", "torch"),
     "CUDA": ("versions", "cuda"),
@@ -63,6 +65,8 @@ def train_arguments(project: str, config: dict) -> list[str]:
         value, flag = config[action.dest], action.option_strings[-1]
         if isinstance(action, argparse._StoreTrueAction):
             argv += [flag] if value else []
+        elif isinstance(action, argparse.BooleanOptionalAction):  # --pretrained / --no-pretrained
+            argv += [action.option_strings[0] if value else action.option_strings[1]]
         elif value is not None:
             argv += [flag, str(value)]
     return argv

@@ -202,7 +202,7 @@ def test_a_tampered_hash_in_an_image_lock_fails_the_build(built_images, tmp_path
 
 def test_compose_files_validate(built_images):
     env = {**os.environ, "REPO_DIR": str(REPO), "DATA_DIR": str(REPO / "data"), "CACHE_DIR": str(REPO / ".cache")}
-    env["MODEL_DIR"] = str(REPO / ".cache")
+    env["MODEL_DIR"], env["WEIGHTS_LOCK"] = str(REPO / ".cache"), str(REPO / "weights.lock")
     env["PROJECT"] = manifest.default_project()  # make passes these
     compose = str(REPO / ".venv" / "bin" / "compose-v2")  # the binary itself: its Python wrapper drops exit codes
     gpu_files = [["compose/compose.yaml", f"compose/gpu.{how}.yaml"] for how in ("nvidia", "cdi")]

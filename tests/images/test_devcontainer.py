@@ -100,7 +100,7 @@ def test_the_dev_container_runs_as_the_host_user_with_compose_settings(host_user
 
 def test_the_dev_container_trains_an_epoch_into_runs_as_the_host_user(host_user, workspace, devcontainer):
     project = manifest.default_project()
-    train = [f"projects/{project}/train.py", "train", "--data", "/data", "--epochs", "1", "--model", MODEL]
+    train = [f"projects/{project}/train.py", "train", "--data", "/data", "--epochs", "1", "--model", MODEL, "--no-pretrained"]
     out = in_devcontainer(host_user, workspace, "python3", *train, "--batch-size", "16")
     assert "Epoch 1/1 loss" in out, out
     written = [path for path in (workspace / "runs").rglob("*")]

@@ -150,7 +150,7 @@ def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_im
             "RUNNER=docker",
             f"PROJECT={project}",
             f"DATA={sample_dir}",
-            f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --out {out}",
+            f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --no-pretrained --out {out}",
         )
         assert "containers run on the CPU" in result.stderr  # no GPU here: the GPU override is left out
         (run_dir,) = (REPO / out).iterdir()
@@ -168,7 +168,7 @@ def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_im
 def test_local_and_container_runs_share_one_decoded_image_cache(built_images, sample_dir, tmp_path):
     """make gives both runners the same CACHE_DIR: a container run decodes into it, a venv run reads the same files."""
     cache, out = tmp_path / "cache", tmp_path / "runs"
-    args = f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --out {out}"
+    args = f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --no-pretrained --out {out}"
     make("train", "RUNNER=docker", f"DATA={sample_dir}", f"CACHE_DIR={cache}", args.replace(str(out), "runs/cache-test"))
     shutil.rmtree(REPO / "runs" / "cache-test", ignore_errors=True)
     (array,) = cache.glob("*.npy")
@@ -191,7 +191,7 @@ def test_gpus_launches_torchrun_in_the_container(built_images, sample_dir):
             f"PROJECT={manifest.default_project()}",
             "GPUS=2",
             f"DATA={sample_dir}",
-            f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --val-fraction 0.25 --out {out}",
+            f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --val-fraction 0.25 --no-pretrained --out {out}",
         )
         (run_dir,) = (REPO / out).iterdir()
         assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2

@@ -13,7 +13,7 @@ from helpers import MODEL, REPO, read_metrics, run_project, single_run_dir
 # The global batch of 16 is 8 per node. Each step's samples are the same as the single process's (the shards
 # interleave one shuffled order) and DDP averages the gradients, so only BatchNorm differs: it normalises
 # over each node's 8 images instead of 16. Hence the tolerance, on the final validation accuracy.
-ARGS = f"--epochs 2 --model {MODEL} --batch-size 16 --deterministic"
+ARGS = f"--epochs 2 --model {MODEL} --batch-size 16 --deterministic --no-pretrained"
 TOLERANCE = 0.05
 
 
