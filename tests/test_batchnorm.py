@@ -2,8 +2,8 @@
 
 Each case trains one epoch from random weights on synthetic EuroSAT-format data, then scores best.ckpt twice on the
 validation split: as saved, and with its statistics recomputed from scratch over the whole training split by
-torch.optim.swa_utils.update_bn in one batch of the whole split (an implementation of its own). The two must agree within 0.02; with the running
-averages alone (--bn-stats running) they do not: the saved model is far worse."""
+torch.optim.swa_utils.update_bn in one batch (an implementation of its own). The two must agree within 0.02; with
+the running averages alone (--bn-stats running) the saved model is far worse."""
 
 import pytest
 import torch
