@@ -150,7 +150,7 @@ def record(model: str, revision: str = "main") -> tuple[Path, Entry]:
     return path, entry
 
 
-def pretrained_file(model: str, main_process: bool = True) -> tuple[Path, Entry]:
+def pretrained_file(model: str, main_process: bool = True) -> tuple[Path, Entry | None]:
     """The checked file of `model`'s locked ImageNet weights, for a run that trains from them. A model not in the
     lock is recorded (by the main process; under LOCKED=1 it is refused instead)."""
     lock = lock_path()
@@ -162,10 +162,13 @@ def pretrained_file(model: str, main_process: bool = True) -> tuple[Path, Entry]
             f"--pretrained: {model} is not in {lock}, and LOCKED=1 loads only locked weights: run `make weights "
             f"MODEL={model}` where there is internet and commit {lock.name}, or pass --no-pretrained"
         )
-    if not main_process:
-        from huggingface_hub import hf_hub_download  # rank 0 records it; the others find the same file
-
-        return Path(hf_hub_download(hub_repo(model), FILES[0])), None
+    if not main_process:  # rank 0 records it; the others find the same file
+        try:
+            return download(hub_repo(model), "main"), None
+        except UserError:
+            raise
+        except Exception as exc:
+            raise unavailable(model, exc) from None
     path, entry = record(model)
     recorded = f"recorded {entry.source()} (sha256 {entry.sha256})"
     print(f"{lock.name}: {model} was not locked; {recorded}: commit it: git add {lock.name}")
