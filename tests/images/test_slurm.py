@@ -126,7 +126,8 @@ def test_sigterm_to_the_batch_shell_checkpoints_and_a_resubmission_finishes_the_
     wait_until(lambda: job_state(cluster, job) not in ("PENDING", "RUNNING", "COMPLETING"), 120, "the job to end")
     output = job_output(cluster, project, job)
     run_dir = single_run_dir(out)
-    (stopped,) = [line for line in output.splitlines() if line.startswith("stopped by SIGTERM at epoch ")]
+    # mid-epoch, or at the epoch's end when the signal lands after the ranks' last vote of the epoch (every 10 steps)
+    (stopped,) = [line for line in output.splitlines() if line.startswith("stopped by SIGTERM at ")]
     assert stopped.endswith(f"continue with --resume {run_dir.relative_to(cluster)}")
     assert "[rank" not in output  # no rank failed on the way (torchrun's own exit, a SignalException, is its own)
     assert len(read_metrics(run_dir)) < 2  # stopped before the end
