@@ -26,8 +26,13 @@ def make_archive() -> bytes:
     return buffer.getvalue()
 
 
+# Split lists in the published format: <Class>_<n>.jpg for files that are .tif on disk
+LISTS = {"train": b"Forest_1.jpg\nRiver_1.jpg\n", "val": b"Forest_2.jpg\n", "test": b"River_2.jpg\n"}
+
+
 class Mirror(http.server.BaseHTTPRequestHandler):
-    """Serves one archive, honouring Range requests like the real mirror."""
+    """Serves the archive at any path but the lists' (/lists/eurosat-<part>.txt), honouring Range requests like the
+    real mirror."""
 
     payload = b""
     ranges: list = []
@@ -37,7 +42,11 @@ class Mirror(http.server.BaseHTTPRequestHandler):
         if header := self.headers.get("Range"):
             Mirror.ranges.append(header)
             start = int(header.split("=")[1].rstrip("-"))
-        body = self.payload[start:]
+        listed = {f"/lists/eurosat-{part}.txt": content for part, content in LISTS.items()}
+        if self.path.startswith("/lists/") and self.path not in listed:
+            self.send_error(404)
+            return
+        body = listed.get(self.path, self.payload)[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -56,7 +65,10 @@ def mirror():
     server.shutdown()
 
 
-def download(tmp_path, url, md5, check=True):
+def download(tmp_path, url, md5, check=True, lists_md5=None):
+    """eurosat.download from the test mirror; the lists come from its /lists/ with their own MD5s."""
+    base = url.rsplit("/", 1)[0]
+    md5s = lists_md5 or [hashlib.md5(LISTS[part]).hexdigest() for part in ("train", "val", "test")]
     return run(
         sys.executable,
         "-m",
@@ -69,6 +81,10 @@ def download(tmp_path, url, md5, check=True):
         tmp_path / "eurosat",
         "--downloads",
         tmp_path / "downloads",
+        "--lists-url",
+        f"{base}/lists",
+        "--lists-md5",
+        *md5s,
         check=check,
     )
 
@@ -79,6 +95,16 @@ def test_download_checks_md5_and_unpacks(tmp_path, mirror):
     listing = list_files(tmp_path / "eurosat")
     assert listing.classes == ("Forest", "River") and len(listing.files) == 4
     assert hashlib.md5((tmp_path / "downloads" / "EuroSATallBands.zip").read_bytes()).hexdigest() == md5
+    for part, content in LISTS.items():  # beside the images, where --split torchgeo reads them
+        assert (tmp_path / "eurosat" / f"eurosat-{part}.txt").read_bytes() == content
+
+
+def test_a_list_with_another_md5_is_one_line_and_removed(tmp_path, mirror):
+    url, md5 = mirror
+    result = download(tmp_path, url, md5, check=False, lists_md5=["0" * 32] * 3)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: eurosat-train.txt has MD5")
+    assert not (tmp_path / "eurosat" / "eurosat-train.txt").exists()
 
 
 def test_download_resumes_a_partial_file(tmp_path, mirror):

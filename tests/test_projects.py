@@ -72,9 +72,11 @@ def test_the_end_of_a_run_evaluates_its_best_checkpoint_class_by_class(trained):
     best = json.loads((run_dir / "metrics.json").read_text())["best"]
     assert evaluation["val_acc"] == evaluation["accuracy"] == pytest.approx(best["val_acc"], abs=3 / 108)
     lines = result.stdout.splitlines()
-    assert lines[-1] == f"evaluation: {run_dir / 'evaluation.json'}, confusion_matrix.csv, confusion_matrix.png"
+    # the evaluation, then the run's last lines: its timeline (which counts the evaluation) and its directory
+    assert lines[-3] == f"evaluation: {run_dir / 'evaluation.json'}, confusion_matrix.csv, confusion_matrix.png"
+    assert lines[-2].startswith("time from process start (s): ") and lines[-1] == f"run directory: {run_dir}"
     first_words = {line.split()[0] for line in lines if line.strip()}
-    assert lines[-2].split()[:2] == ["weighted", "avg"] and set(evaluation["classes"]) <= first_words  # the table
+    assert lines[-4].split()[:2] == ["weighted", "avg"] and set(evaluation["classes"]) <= first_words  # the table
     assert (run_dir / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "confusion_matrix.csv").read_text().splitlines()[0].startswith("true \\ predicted,AnnualCrop,")
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()

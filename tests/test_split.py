@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from eurosat import CLASS_NAMES
 from eurosat.errors import UserError
 from eurosat.files import list_files
 from eurosat.sample import OFFICIAL_COUNTS
-from eurosat.split import stratified_split
+from eurosat.split import SPLIT_LISTS, published_split, split_rows, stratified_split
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_split_is_deterministic_across_processes(official_listing):
     _, again = stratified_split(labels)
     assert np.array_equal(val, again)
     code = (
-        "import numpy as np, sys; from eurosat.split import stratified_split;"
+        "import numpy as np, sys; from eurosat.split import SPLIT_LISTS, published_split, split_rows, stratified_split;"
         "labels = np.repeat(np.arange(10), [3000, 3000, 3000, 2500, 2500, 2000, 2500, 3000, 2500, 3000]);"
         "sys.stdout.write(','.join(map(str, stratified_split(labels)[1][:50])))"
     )
@@ -102,3 +103,72 @@ def test_a_split_too_small_for_every_class_is_one_line():
         stratified_split(np.repeat(np.arange(4), 5), val_fraction=0.1)
     with pytest.raises(UserError, match="every class needs at least 2 images"):
         stratified_split(np.array([0, 0, 1]))
+
+
+def published_lists(listing, folder, shares=(0.6, 0.2, 0.2), seed=0):
+    """eurosat-{train,val,test}.txt in the published format (<Class>_<n>.jpg, one a line) for a listing's files:
+    the official lists' sizes (16,200 / 5,400 / 5,400) for the official file names."""
+    names = [f"{Path(name).stem}.jpg" for name in listing.files]
+    order = np.random.default_rng(seed).permutation(len(names))
+    cut = np.cumsum([round(share * len(names)) for share in shares])[:-1]
+    for part, rows in zip(("train", "val", "test"), np.split(order, cut), strict=True):
+        (folder / f"eurosat-{part}.txt").write_text("".join(f"{names[row]}\n" for row in rows))
+
+
+def test_the_published_lists_map_their_jpg_names_to_the_files_on_disk(official_listing, tmp_path):
+    published_lists(official_listing, tmp_path)
+    parts = published_split(official_listing.files, tmp_path, check_md5=False)
+    assert {part: len(rows) for part, rows in parts.items()} == {"train": 16_200, "val": 5_400, "test": 5_400}
+    assert len(np.unique(np.concatenate(list(parts.values())))) == 27_000  # disjoint, every image once
+    listed = (tmp_path / "eurosat-test.txt").read_text().split()
+    assert [official_listing.files[row] for row in parts["test"][:3]] == [
+        f"{name.rsplit('_', 1)[0]}/{name.replace('.jpg', '.tif')}" for name in listed[:3]
+    ]
+
+
+def test_lists_other_than_the_published_ones_are_one_line_naming_the_file_and_the_md5s(official_listing, tmp_path):
+    published_lists(official_listing, tmp_path)
+    expected = SPLIT_LISTS["train"][1]
+    with pytest.raises(UserError, match=rf"{tmp_path}/eurosat-train.txt has MD5 [0-9a-f]{{32}}, not the published {expected}"):
+        published_split(official_listing.files, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("Forest_9999.jpg", r"eurosat-val.txt line 2 names Forest_9999.jpg, which is not in .*'s Forest folder"),
+        ("Glacier_1.jpg", r"eurosat-val.txt line 2 names Glacier_1.jpg, of class Glacier, which .* has no folder for"),
+        ("Forest_1.jpg", r"name an image twice"),
+    ],
+)
+def test_a_list_naming_an_image_the_data_lacks_is_one_line(tmp_path, line, message):
+    for name in ("Forest", "River"):
+        (tmp_path / name).mkdir()
+        for n in (1, 2):
+            (tmp_path / name / f"{name}_{n}.tif").touch()
+    files = list_files(tmp_path).files
+    (tmp_path / "eurosat-train.txt").write_text("Forest_1.jpg\nRiver_1.jpg\n")
+    (tmp_path / "eurosat-val.txt").write_text(f"Forest_2.jpg\n{line}\n")
+    (tmp_path / "eurosat-test.txt").write_text("River_2.jpg\n")
+    with pytest.raises(UserError, match=message):
+        published_split(files, tmp_path, check_md5=False)
+    (tmp_path / "eurosat-val.txt").write_text("Forest_2.jpg\n")
+    (tmp_path / "eurosat-test.txt").unlink()
+    with pytest.raises(UserError, match=r"--split torchgeo needs .*eurosat-test.txt: run `make data`"):
+        split_rows(np.zeros(len(files)), files, tmp_path, "torchgeo", 0.2, 0.0, 42, sample=True)
+
+
+def test_a_test_fraction_holds_out_a_stratified_test_part_first(official_listing, tmp_path):
+    labels = np.asarray(official_listing.labels)
+    parts = split_rows(labels, official_listing.files, tmp_path, "articles", 0.2, 0.1, 42, sample=False)
+    assert {part: len(rows) for part, rows in parts.items()} == {"train": 19_440, "val": 4_860, "test": 2_700}
+    assert len(np.unique(np.concatenate(list(parts.values())))) == 27_000
+    for label, count in enumerate(np.bincount(labels)):
+        assert np.sum(labels[parts["test"]] == label) == count // 10
+    without = split_rows(labels, official_listing.files, tmp_path, "articles", 0.2, 0.0, 42, sample=False)
+    assert without.keys() == {"train", "val"}  # no test part: the articles' split as it always was
+    assert [rows.tolist() for rows in without.values()] == [rows.tolist() for rows in stratified_split(labels)]
+    with pytest.raises(UserError, match="--test-fraction applies to --split articles"):
+        split_rows(labels, official_listing.files, tmp_path, "torchgeo", 0.2, 0.1, 42, sample=False)
+    with pytest.raises(UserError, match=r"--test-fraction 1.0: must be 0 or more and below 1"):
+        split_rows(labels, official_listing.files, tmp_path, "articles", 0.2, 1.0, 42, sample=False)

@@ -157,7 +157,6 @@ def _fit(run: lifecycle.Run, proc) -> None:
         run.save(state(epoch + 1), best=best)
         if run.stop.agreed(proc.world_size, proc.device, 0) and epoch + 1 < config["epochs"]:
             raise run.stopped(f"the end of epoch {epoch + 1}")
-    run.finish()
 
 
 EXPERIMENT = lifecycle.Experiment(Path(__file__).parent.name, __doc__, fit, add_flags)

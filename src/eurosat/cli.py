@@ -56,7 +56,20 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     train.add_argument("--bands", default="rgb", help="rgb (channels 3,2,1), all, or channel numbers like 3,2,1")
     train.add_argument("--seed", type=int, default=42, help="training seed (default: %(default)s)")
     train.add_argument("--split-seed", type=int, default=42, help="seed of the stratified split (default: %(default)s)")
+    train.add_argument(
+        "--split",
+        choices=("articles", "torchgeo"),
+        default="articles",
+        help="articles: stratified train/validation by --val-fraction and --split-seed (default); torchgeo: the published "
+        "train/val/test lists (eurosat-{train,val,test}.txt in the --data folder, fetched by make data)",
+    )
     train.add_argument("--val-fraction", type=float, default=0.2, help="validation share (default: %(default)s)")
+    train.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="--split articles: first hold out this stratified share of the images as a test part (default: none)",
+    )
     train.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $EUROSAT_CACHE_DIR, else .cache/eurosat)")
     train.add_argument(
         "--pretrained",
@@ -102,6 +115,13 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     evaluate.add_argument("checkpoint", type=Path)
     evaluate.add_argument("--data", type=Path, help="EuroSAT folder (default: the one the run used)")
     evaluate.add_argument("--cache-dir", type=Path)
+    evaluate.add_argument(
+        "--split",
+        dest="part",
+        choices=("val", "test"),
+        default="val",
+        help="the run's validation part (default) or its test part (--split torchgeo, or --test-fraction)",
+    )
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument(
         "--out", type=Path, help="folder for evaluation.json and the confusion matrix (default: the checkpoint's folder)"

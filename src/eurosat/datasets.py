@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from eurosat.cache import CachedImages, prepare
-from eurosat.split import stratified_split
+from eurosat.sample import MARKER as SAMPLE_MARKER
+from eurosat.split import split_rows
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def resident_device(subset: CachedSubset, device: torch.device, choice: str = "a
 class EuroSATSplits:
     train: CachedSubset
     val: CachedSubset
+    test: CachedSubset | None  # None: the split has no test part
     classes: tuple[str, ...]
     bands: tuple[int, ...]
     scale: float
@@ -161,24 +163,41 @@ class EuroSATSplits:
         return {"format": self.image_format, "bands": self.band_count, "height": height, "width": width}
 
 
-DATA_KEYS = ("data", "bands", "cache_dir", "val_fraction", "split_seed")  # the settings that pick the data
+# The settings that pick the data (a run recorded before --split and --test-fraction used the articles' split)
+DATA_KEYS = ("data", "bands", "cache_dir", "split", "val_fraction", "test_fraction", "split_seed")
 
 
 def load_configured_splits(config: dict, progress: bool = True) -> EuroSATSplits:
     """load_splits with the DATA_KEYS of a run's config."""
     return load_splits(
-        Path(config["data"]), config["bands"], config["cache_dir"], config["val_fraction"], config["split_seed"], progress
+        Path(config["data"]),
+        config["bands"],
+        config["cache_dir"],
+        config["val_fraction"],
+        config["split_seed"],
+        progress,
+        split=config.get("split", "articles"),
+        test_fraction=config.get("test_fraction", 0.0),
     )
 
 
 def load_splits(
-    data_dir: Path, bands: str, cache_dir: Path | None, val_fraction: float, seed: int, progress: bool = True
+    data_dir: Path,
+    bands: str,
+    cache_dir: Path | None,
+    val_fraction: float,
+    seed: int,
+    progress: bool = True,
+    split: str = "articles",
+    test_fraction: float = 0.0,
 ) -> EuroSATSplits:
     cache: CachedImages = prepare(data_dir, bands, cache_dir, progress)
-    train_idx, val_idx = stratified_split(cache.labels, val_fraction, seed)
+    sample = (Path(data_dir) / SAMPLE_MARKER).exists()
+    rows = split_rows(cache.labels, cache.files, data_dir, split, val_fraction, test_fraction, seed, sample)
     return EuroSATSplits(
-        train=CachedSubset(cache, np.asarray(train_idx)),
-        val=CachedSubset(cache, np.asarray(val_idx)),
+        train=CachedSubset(cache, rows["train"]),
+        val=CachedSubset(cache, rows["val"]),
+        test=CachedSubset(cache, rows["test"]) if "test" in rows else None,
         classes=cache.classes,
         bands=cache.bands,
         scale=cache.scale,

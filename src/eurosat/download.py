@@ -1,7 +1,8 @@
-"""Download EuroSAT from a public mirror, check its MD5, resume partial downloads, unpack.
+"""Download EuroSAT from a public mirror, check its MD5, resume partial downloads, unpack; fetch the published
+train/val/test lists (--split torchgeo) beside the images, MD5-checked too.
 
     python -m eurosat.download [--variant ms|rgb] [--out data/eurosat]
-The archive is kept in --downloads; put it there by hand on a machine without internet access.
+The archive is kept in --downloads; put it there (and the lists into --out) by hand on a machine without internet access.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from tqdm import tqdm
 from eurosat.cli import ArgumentParser, run_cli
 from eurosat.errors import UserError
 from eurosat.sample import MARKER as SAMPLE_MARKER
+from eurosat.split import SPLIT_LISTS
 
 MIRROR = "https://hf.co/datasets/torchgeo/eurosat/resolve"
+REVISION = "1ce6f1bfb56db63fd91b6ecc466ea67f2509774c"  # the dataset repository's commit torchgeo pins
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Archive:
 
 
 ARCHIVES = {
-    "ms": Archive(f"{MIRROR}/1ce6f1bfb56db63fd91b6ecc466ea67f2509774c/EuroSATallBands.zip", "5ac12b3b2557aa56e1826e981e8e200e"),
+    "ms": Archive(f"{MIRROR}/{REVISION}/EuroSATallBands.zip", "5ac12b3b2557aa56e1826e981e8e200e"),
     "rgb": Archive(f"{MIRROR}/main/EuroSAT.zip", "c8fa014336c82ac7804f0398fcb19387"),
 }
 CHUNK = 1 << 20
@@ -100,6 +103,18 @@ def download(variant: str, out: Path, downloads: Path, url: str | None = None, m
     return out
 
 
+def download_lists(out: Path, base_url: str, md5s: dict[str, str]) -> None:
+    """eurosat-{train,val,test}.txt into out, each checked against its MD5 (a list already there and sound is kept)."""
+    for part, (filename, _) in SPLIT_LISTS.items():
+        target = out / filename
+        if target.exists() and md5sum(target) == md5s[part]:
+            continue
+        fetch(f"{base_url}/{filename}", target)
+        if (actual := md5sum(target)) != md5s[part]:
+            target.unlink()
+            raise UserError(f"{filename} has MD5 {actual}, expected {md5s[part]}: the download is corrupt, run again")
+
+
 def main(argv=None) -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", choices=sorted(ARCHIVES), default="ms", help="ms: 13-band TIFF (default), rgb: JPEG")
@@ -107,9 +122,14 @@ def main(argv=None) -> None:
     parser.add_argument("--downloads", type=Path, default=Path("data/downloads"), help="archive folder (default: %(default)s)")
     parser.add_argument("--url", help="another mirror of the same archive")
     parser.add_argument("--md5", help=argparse.SUPPRESS)  # tests serve their own archive
+    parser.add_argument("--lists-url", default=f"{MIRROR}/{REVISION}", help=argparse.SUPPRESS)  # ... and their own lists
+    parser.add_argument("--lists-md5", nargs=3, metavar=("TRAIN", "VAL", "TEST"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     out = download(args.variant, args.out, args.downloads, args.url, args.md5)
-    print(f"EuroSAT ({args.variant}) is in {out}")
+    published = {part: md5 for part, (_, md5) in SPLIT_LISTS.items()}
+    md5s = dict(zip(SPLIT_LISTS, args.lists_md5, strict=True)) if args.lists_md5 else published
+    download_lists(out, args.lists_url.rstrip("/"), md5s)
+    print(f"EuroSAT ({args.variant}) is in {out}, with the published train/val/test lists (--split torchgeo)")
 
 
 if __name__ == "__main__":

@@ -111,14 +111,19 @@ def confusion_figure(report: dict):
     return figure
 
 
-def write(report: dict, directory: Path) -> np.ndarray:
-    """evaluation.json, confusion_matrix.csv (a header row of predicted classes) and confusion_matrix.png; returns
-    the picture (height x width x RGB), drawn once, for TensorBoard."""
+def prefix(part: str) -> str:
+    """The file names' prefix for a part: none for validation (evaluation.json, ...), test_ for the test part."""
+    return "" if part == "val" else f"{part}_"
+
+
+def write(report: dict, directory: Path, name_prefix: str = "") -> np.ndarray:
+    """evaluation.json, confusion_matrix.csv (a header row of predicted classes) and confusion_matrix.png, each name
+    after name_prefix; returns the picture (height x width x RGB), drawn once, for TensorBoard."""
     from matplotlib import image
     from matplotlib import pyplot as plt
 
-    write_json(directory / "evaluation.json", report)
-    with open(directory / "confusion_matrix.csv", "w", newline="") as file:
+    write_json(directory / f"{name_prefix}evaluation.json", report)
+    with open(directory / f"{name_prefix}confusion_matrix.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["true \\ predicted", *report["classes"]])
         for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
@@ -127,5 +132,5 @@ def write(report: dict, directory: Path) -> np.ndarray:
     figure.canvas.draw()
     picture = np.asarray(figure.canvas.buffer_rgba())[:, :, :3].copy()
     plt.close(figure)
-    image.imsave(directory / "confusion_matrix.png", picture)
+    image.imsave(directory / f"{name_prefix}confusion_matrix.png", picture)
     return picture

@@ -117,34 +117,46 @@ def check_classes(given, trained, data_dir) -> None:
         )
 
 
-def evaluate_split(model, data: EuroSATSplits, device, batch_size: int) -> dict:
-    """The model on the whole validation split, in this one process (every image once): val_loss, val_acc,
-    val_samples and eurosat.evaluation's class report."""
-    loader = BatchLoader(data.val, batch_size, shuffle=False, for_cuda=device.type == "cuda")
+PART_NAMES = {"val": "validation", "test": "test"}
+
+
+def evaluate_split(model, data: EuroSATSplits, device, batch_size: int, part: str = "val") -> dict:
+    """The model on the whole validation (or test) part, in this one process (every image once): val_loss, val_acc,
+    val_samples (test_...) and eurosat.evaluation's class report."""
+    subset = getattr(data, part)
+    loader = BatchLoader(subset, batch_size, shuffle=False, for_cuda=device.type == "cuda")
     targets, predicted, loss_sum = evaluation.predictions(model, loader, data.scale, device)
     report = evaluation.class_report(targets, predicted, list(data.classes))
-    return {"val_loss": loss_sum / report["samples"], "val_acc": report["accuracy"], "val_samples": report["samples"], **report}
+    figures = {"loss": loss_sum / report["samples"], "acc": report["accuracy"], "samples": report["samples"]}
+    return {"part": part, **{f"{part}_{name}": value for name, value in figures.items()}, **report}
 
 
 def report_evaluation(result: dict, directory: Path):
-    """Print the class table and write evaluation.json, confusion_matrix.csv and confusion_matrix.png (returned as
-    an RGB array)."""
+    """Print the class table and write evaluation.json, confusion_matrix.csv and confusion_matrix.png (test_... for
+    the test part); returns the matrix as an RGB array."""
     print(evaluation.table(result))
-    picture = evaluation.write(result, directory)
-    print(f"evaluation: {directory / 'evaluation.json'}, {', '.join(evaluation.FILES[1:])}", flush=True)
+    prefix = evaluation.prefix(result["part"])
+    picture = evaluation.write(result, directory, prefix)
+    files = [f"{prefix}{name}" for name in evaluation.FILES]
+    print(f"{prefix.replace('_', ' ')}evaluation: {directory / files[0]}, {', '.join(files[1:])}", flush=True)
     return picture
 
 
 def evaluate_command(model, run_config: dict, args, device) -> dict:
-    """The `evaluate` sub-command: the run's validation split, or the same split of another --data folder."""
+    """The `evaluate` sub-command: the run's validation (or test) part, or the same part of another --data folder."""
     config = {**run_config, "data": args.data or run_config["data"], "cache_dir": args.cache_dir or run_config["cache_dir"]}
     data = load_configured_splits(config)
     check_classes(data.classes, run_config["classes"], config["data"])
-    result = evaluate_split(model, data, device, args.batch_size)
+    if getattr(data, args.part) is None:
+        raise UserError(
+            f"--split test: {args.checkpoint}'s run has no test part; train with --split torchgeo or --test-fraction F"
+        )
+    result = evaluate_split(model, data, device, args.batch_size, args.part)
     result = {"checkpoint": str(args.checkpoint), "data": str(config["data"]), **result}
+    part = args.part
     print(
-        f"val_loss {result['val_loss']:.4f} val_acc {result['val_acc']:.4f} on {result['val_samples']} validation images of "
-        f"{config['data']}"
+        f"{part}_loss {result[f'{part}_loss']:.4f} {part}_acc {result[f'{part}_acc']:.4f} on {result[f'{part}_samples']} "
+        f"{PART_NAMES[part]} images of {config['data']}"
     )
     out = args.out or Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from eurosat.cli import build_parser, is_main_process, parse_args, run_cli
 from eurosat.datasets import EuroSATSplits, load_configured_splits
 from eurosat.errors import UserError
+from eurosat.evaluation import prefix as evaluation_prefix
 from eurosat.files import list_files
 from eurosat.gpu import resolve_device
 from eurosat.inference import evaluate_command, evaluate_split, predict_command, report_evaluation
@@ -136,6 +137,7 @@ class Run:
         self.tracker: MlflowTracker | None = None
         self.initial_weights: Path | None = None  # a fresh run's starting weights (None: random, or a resume)
         self.pretrained = None  # their weights.lock entry, when they are ImageNet's
+        self.test_result: dict | None = None  # the test part's loss, acc and samples, once the run's end scored it
         self.timeline = Timeline()  # the project marks data_ready, model_built and first_step; epochs mark themselves
 
     @classmethod
@@ -187,9 +189,11 @@ class Run:
         self.metrics = MetricsLog(self.directory)
         self.metrics.restart(self.history)
         self.writer = SummaryWriter(str(self.directory / "tensorboard"), purge_step=len(self.history) + 1)
+        parts = f"{len(data.train)} train / {len(data.val)} val images"
+        if data.test is not None:
+            parts = f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test images ({self.config['split']} split)"
         print(
-            f"run {self.directory}: {len(data.train)} train / {len(data.val)} val images, {self.config['model']} on {device}"
-            f" x{world_size}, precision {precision}{notes}",
+            f"run {self.directory}: {parts}, {self.config['model']} on {device} x{world_size}, precision {precision}{notes}",
             flush=True,
         )
         if self.tracker and self.tracker.active:
@@ -269,32 +273,46 @@ class Run:
         )
 
     def evaluate(self, experiment: Experiment) -> None:
-        """The finished run's best checkpoint on its whole validation split, in the main process alone (so every image
-        is counted once, whatever the number of ranks), in fp32, as `evaluate` does it: the class table, evaluation.json
-        and the confusion matrix (CSV, PNG, TensorBoard image, MLflow metrics and artifacts)."""
+        """The finished run's best checkpoint on its whole validation part and then, once, on its test part when the
+        split has one, in the main process alone (so every image is counted once, whatever the number of ranks), in
+        fp32, as `evaluate` does it: the class table, evaluation.json and the confusion matrix (CSV, PNG, TensorBoard
+        image, MLflow metrics and artifacts), test_... for the test part. Nothing before this reads the test part."""
         device = resolve_device(self.config["device"])
         checkpoint = self.directory / "best.ckpt"
         model, _ = trained_model(experiment, checkpoint, device)
         data = load_configured_splits(self.config, progress=False)
-        result = {"checkpoint": str(checkpoint), "data": self.config["data"]}
-        result.update(evaluate_split(model, data, device, self.config["batch_size"]))
-        picture = report_evaluation(result, self.directory)
         epoch = len(self.history)
-        with SummaryWriter(str(self.directory / "tensorboard")) as writer:
-            writer.add_image("confusion_matrix", picture, epoch, dataformats="HWC")
-        if self.tracker:
-            summary = {
-                f"{average}_{name}": result["averages"][average][name]
-                for average in ("macro", "weighted")
-                for name in ("precision", "recall", "f1")
-            }
-            self.tracker.log_epoch({**summary, "epoch": epoch}, summary)
+        for part in ("val", "test") if data.test is not None else ("val",):
+            result = {"checkpoint": str(checkpoint), "data": self.config["data"]}
+            result.update(evaluate_split(model, data, device, self.config["batch_size"], part))
+            picture = report_evaluation(result, self.directory)
+            prefix = evaluation_prefix(part)
+            with SummaryWriter(str(self.directory / "tensorboard")) as writer:
+                writer.add_image(f"{prefix}confusion_matrix", picture, epoch, dataformats="HWC")
+            if part == "test":
+                self.test_result = {name: result[f"test_{name}"] for name in ("loss", "acc", "samples")}
+                print(f"test_loss {result['test_loss']:.4f} test_acc {result['test_acc']:.4f} on {result['test_samples']} "
+                      f"test images (best.ckpt, chosen by val_acc)", flush=True)  # fmt: skip
+            if self.tracker:
+                summary = {
+                    f"{prefix}{average}_{name}": result["averages"][average][name]
+                    for average in ("macro", "weighted")
+                    for name in ("precision", "recall", "f1")
+                }
+                if part == "test":
+                    summary.update(test_loss=result["test_loss"], test_acc=result["test_acc"])
+                self.tracker.log_epoch({**summary, "epoch": epoch}, summary)
 
     def finish(self) -> None:
+        """metrics.json (the summary, with the test part's figures when the split has one) and the run's last lines."""
         if self.is_main:
             self.writer.close()
             timeline = self.timeline.summary()
-            self.metrics.write_summary(self.history, run_dir=str(self.directory), timeline=timeline)
+            test = {"test": self.test_result} if self.test_result else {}
+            self.metrics.write_summary(
+                self.history, run_dir=str(self.directory), split=self.config.get("split", "articles"), selected_on="val_acc",
+                **test, timeline=timeline,
+            )  # fmt: skip
             print(self.timeline.line(timeline))
             print(f"run directory: {self.directory}")
 
@@ -311,6 +329,7 @@ def train(experiment: Experiment, args) -> list[dict]:
         experiment.fit(run)
         if run.is_main:
             run.evaluate(experiment)
+            run.finish()  # after the evaluation: the summary holds the test figures, the timeline the whole run
         status = "FINISHED"
     except Stopped as stopped:
         status = "KILLED"

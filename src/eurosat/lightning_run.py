@@ -141,9 +141,6 @@ class RunCallback(pl.Callback):
     def on_load_checkpoint(self, trainer, module, checkpoint):
         restore_rng_state(checkpoint["rng"])
 
-    def on_fit_end(self, trainer, module):
-        self.run.finish()
-
 
 def trainer_settings(run: Run) -> dict:
     """Trainer arguments every Lightning project shares: the lifecycle in place of the logger and checkpointing."""

@@ -16,12 +16,13 @@ from eurosat.reproduce import read_run
 
 EVALUATION_KEYS = {"checkpoint", "samples", "accuracy", "classes", "per_class", "averages", "confusion_matrix"}
 EVALUATE_AGAIN = "write it again with `python projects/<project>/train.py evaluate RUN/best.ckpt`"
-SETTINGS = ("project", "model", "epochs", "batch_size", "lr", "precision_resolved", "world_size", "seed", "data")
+SETTINGS = ("project", "model", "epochs", "batch_size", "lr", "precision_resolved", "world_size", "seed", "data", "split")
 
 
-def read_evaluation(run_dir: Path) -> dict | None:
-    """The end-of-run evaluation, or None for a run that did not finish (stopped, or older than evaluation.json)."""
-    path = run_dir / "evaluation.json"
+def read_evaluation(run_dir: Path, name: str = "evaluation.json") -> dict | None:
+    """The end-of-run evaluation (test_evaluation.json: of the test part), or None for a run that did not finish
+    (stopped, or older than evaluation.json) or has no test part."""
+    path = run_dir / name
     try:
         evaluation = json.loads(path.read_text())
     except FileNotFoundError:
@@ -62,7 +63,9 @@ def figure(metrics: list[dict], evaluation: dict | None):
     return fig
 
 
-def markdown(run_dir: Path, config: dict, provenance: dict, metrics: list[dict], evaluation: dict | None) -> str:
+def markdown(
+    run_dir: Path, config: dict, provenance: dict, metrics: list[dict], evaluation: dict | None, test: dict | None = None
+) -> str:
     versions, hardware = provenance.get("versions", {}), provenance.get("hardware", {})
     git, gpus = provenance.get("git", {}), ", ".join(hardware.get("gpus") or []) or "no GPU"
     lines = [f"# Run {run_dir.name}", "", "![learning curves and confusion matrix](report.png)", "", "## Settings", ""]
@@ -94,6 +97,9 @@ def markdown(run_dir: Path, config: dict, provenance: dict, metrics: list[dict],
 
         lines += [f"{Path(evaluation['checkpoint']).name} on {evaluation['samples']} validation images:", "", "```"]
         lines += [table(evaluation), "```"]
+        if test:  # the checkpoint was chosen by val_acc; the test part was read once, at the end
+            lines += ["", f"{Path(test['checkpoint']).name} (chosen by val_acc) on {test['samples']} test images:", "", "```"]
+            lines += [table(test), "```"]
     else:
         lines.append("No evaluation.json: the run did not finish. Evaluate a checkpoint with its train.py `evaluate`.")
     return "\n".join(lines) + "\n"
@@ -105,11 +111,11 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     config, provenance, metrics = read_run(run_dir)
     if not metrics:
         raise UserError(f"RUN={run_dir} has no finished epoch yet: nothing to report")
-    evaluation = read_evaluation(run_dir)
+    evaluation, test = read_evaluation(run_dir), read_evaluation(run_dir, "test_evaluation.json")
     fig = figure(metrics, evaluation)
     fig.savefig(run_dir / "report.png")
     plt.close(fig)
-    (run_dir / "report.md").write_text(markdown(run_dir, config, provenance, metrics, evaluation))
+    (run_dir / "report.md").write_text(markdown(run_dir, config, provenance, metrics, evaluation, test))
     return run_dir / "report.md", run_dir / "report.png"
 
 

@@ -1,4 +1,5 @@
-"""Write a small synthetic EuroSAT in the official on-disk format: <Class>/<Class>_<n>.tif, 13-band uint16 64x64.
+"""Write a small synthetic EuroSAT in the official on-disk format: <Class>/<Class>_<n>.tif, 13-band uint16 64x64,
+with train/val/test lists in the published lists' format (60/20/20 of each class, for --split torchgeo).
 
 Each class has its own spectrum and texture, so a model can learn it; nothing here is real imagery.
     python -m eurosat.sample --out data/eurosat [--fraction 0.02]
@@ -18,6 +19,7 @@ from eurosat.cli import ArgumentParser, run_cli
 from eurosat.errors import UserError
 
 OFFICIAL_COUNTS = dict(zip(CLASS_NAMES, (3000, 3000, 3000, 2500, 2500, 2000, 2500, 3000, 2500, 3000), strict=True))
+SPLIT_SHARES = {"train": 0.6, "val": 0.2, "test": 0.2}  # the published lists' shares
 MARKER = ".eurosat-sample"  # marks a folder this module wrote, so it may be replaced later
 BANDS, SIZE = 13, 64
 
@@ -37,6 +39,13 @@ def synthetic_image(label: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0, 10000).astype(np.uint16)
 
 
+def split_numbers(count: int, rng: np.random.Generator) -> dict[str, list[int]]:
+    """The image numbers (1..count) of one class in each part, at least one in each."""
+    shuffled = (rng.permutation(count) + 1).tolist()
+    n_val = n_test = max(1, round(count * SPLIT_SHARES["test"]))
+    return {"train": shuffled[n_val + n_test :], "val": shuffled[:n_val], "test": shuffled[n_val : n_val + n_test]}
+
+
 def write_sample(out: Path, fraction: float = 0.02, seed: int = 0) -> int:
     """Write the sample into `out` (replacing an earlier sample); returns the number of files."""
     out = Path(out)
@@ -45,6 +54,7 @@ def write_sample(out: Path, fraction: float = 0.02, seed: int = 0) -> int:
             raise UserError(f"{out} already holds data that is not a synthetic sample: pass another --out")
         shutil.rmtree(out)
     rng = np.random.default_rng(seed)
+    lists = {part: [] for part in SPLIT_SHARES}
     total = 0
     for label, name in enumerate(CLASS_NAMES):
         (out / name).mkdir(parents=True, exist_ok=True)
@@ -53,7 +63,11 @@ def write_sample(out: Path, fraction: float = 0.02, seed: int = 0) -> int:
             tifffile.imwrite(
                 out / name / f"{name}_{n}.tif", synthetic_image(label, rng), photometric="minisblack", planarconfig="contig"
             )
+        for part, numbers in split_numbers(count, np.random.default_rng([seed, label])).items():
+            lists[part] += [f"{name}_{n}.jpg" for n in numbers]  # named as the published lists name them
         total += count
+    for part, names in lists.items():
+        (out / f"eurosat-{part}.txt").write_text("".join(f"{name}\n" for name in names))
     (out / MARKER).write_text("synthetic EuroSAT sample written by `python -m eurosat.sample`\n")
     return total
 

@@ -18,6 +18,11 @@ from pathlib import Path
 DEFAULT_URI = "sqlite:///runs/mlflow.db"  # relative to the working directory: the repository root or /workspace
 ARTIFACTS = ("config.json", "provenance.json", "metrics.jsonl", "metrics.json", "last.ckpt", "best.ckpt")
 ARTIFACTS += ("evaluation.json", "confusion_matrix.csv", "confusion_matrix.png")
+ARTIFACTS += (
+    "test_evaluation.json",
+    "test_confusion_matrix.csv",
+    "test_confusion_matrix.png",
+)  # (when the split has a test part)
 # A tracking server that is down must not hold training up for minutes of retries (MLflow's default is 7).
 HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
