@@ -63,14 +63,16 @@ def test_trains_clearly_above_chance_and_writes_the_run_directory(trained):
 
 def test_the_end_of_a_run_evaluates_its_best_checkpoint_class_by_class(trained):
     """Per-class table, evaluation.json, the confusion matrix as CSV, PNG and TensorBoard image: every validation
-    image once, in fp32 (val_acc was measured under autocast: a prediction or two may differ)."""
+    image once, the figures of the best epoch's own validation pass (no second pass), so exactly its val_acc."""
     _, run_dir, result = trained
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert evaluation["checkpoint"] == str(run_dir / "best.ckpt") and evaluation["classes"] == sorted(evaluation["classes"])
     matrix = np.array(evaluation["confusion_matrix"])
     assert matrix.shape == (10, 10) and matrix.sum() == evaluation["samples"] == evaluation["val_samples"] == 108
     best = json.loads((run_dir / "metrics.json").read_text())["best"]
-    assert evaluation["val_acc"] == evaluation["accuracy"] == pytest.approx(best["val_acc"], abs=3 / 108)
+    assert evaluation["val_acc"] == best["val_acc"] and evaluation["val_loss"] == best["val_loss"]
+    assert evaluation["accuracy"] == pytest.approx(best["val_acc"], abs=1e-6) and evaluation["samples"] == best["val_samples"]
+    assert np.trace(matrix) == round(best["val_acc"] * 108)
     lines = result.stdout.splitlines()
     # the evaluation, then the run's last lines: its timeline (which counts the evaluation) and its directory
     assert lines[-3] == f"evaluation: {run_dir / 'evaluation.json'}, confusion_matrix.csv, confusion_matrix.png"

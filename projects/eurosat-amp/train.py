@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from eurosat import batchnorm, lifecycle
 from eurosat.datasets import BatchLoader, load_configured_splits, resident_device
 from eurosat.errors import UserError
-from eurosat.inference import evaluate
+from eurosat.inference import evaluate, split_totals
 from eurosat.loop import all_reduce, gather_totals, make_optimizer, make_profiler, setup_process, train_one_epoch
 from eurosat.models import build_model
 from eurosat.training import autocast_dtype, make_deterministic, seed_everything
@@ -138,9 +138,9 @@ def _fit(run: lifecycle.Run, proc) -> None:
         train_seconds = time.perf_counter() - start  # the all-reduce above synchronised the device
         bn_seconds = batchnorm.recompute_if_needed(core, train_loader, epoch, data.scale, proc.device, amp_dtype, config)
         loss_sum, correct, seen = all_reduce(train_totals, proc).tolist()
-        val_loss_sum, val_correct, val_seen = all_reduce(
-            evaluate(model, val_loader, data.scale, proc.device, amp_dtype), proc
-        ).tolist()
+        # the confusion matrix too: the end of the run reports the best epoch's classes from it, without a second pass
+        val_totals = all_reduce(evaluate(model, val_loader, data.scale, proc.device, amp_dtype, len(data.classes)), proc)
+        (val_loss_sum, val_correct, val_seen), val_matrix = split_totals(val_totals, len(data.classes))
         best = run.end_epoch(
             {
                 "epoch": epoch + 1,
@@ -152,7 +152,8 @@ def _fit(run: lifecycle.Run, proc) -> None:
                 "images_per_s": train_seen_here / train_seconds,
                 "bn_recompute_s": bn_seconds,
                 "seconds": time.perf_counter() - start,
-            }
+            },
+            val_matrix,
         )
         run.save(state(epoch + 1), best=best)
         if run.stop.agreed(proc.world_size, proc.device, 0) and epoch + 1 < config["epochs"]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
 from torchmetrics import MeanMetric, SumMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from eurosat import lifecycle
 from eurosat.cache import prepare
@@ -77,6 +77,9 @@ class EuroSATClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(len(classes), average="micro")
         self.val_acc = MulticlassAccuracy(len(classes), average="micro", ignore_index=IGNORE_INDEX)
         self.val_samples = SumMetric()
+        # the end of the run reports the best epoch's classes from its matrix, without a second pass
+        self.val_matrix = MulticlassConfusionMatrix(len(classes), ignore_index=IGNORE_INDEX)
+        self.epoch_val_matrix = None  # the last validation's, summed over the processes
         for metric in (self.train_loss, self.train_acc):
             metric.persistent(True)
 
@@ -102,9 +105,14 @@ class EuroSATClassifier(pl.LightningModule):
         self.val_loss.update(loss, images)
         self.val_acc.update(preds, labels)
         self.val_samples.update(images)
+        self.val_matrix.update(preds, labels)
         self.log("val_loss", self.val_loss, prog_bar=True)
         self.log("val_acc", self.val_acc, prog_bar=True)
         self.log("val_samples", self.val_samples)
+
+    def on_validation_epoch_end(self):
+        self.epoch_val_matrix = self.val_matrix.compute().tolist()
+        self.val_matrix.reset()
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

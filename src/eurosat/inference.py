@@ -16,18 +16,30 @@ from eurosat.reading import read_image
 
 
 @torch.no_grad()
-def evaluate(model, loader, scale: float, device: torch.device, amp_dtype=None) -> torch.Tensor:
-    """Summed loss, correct predictions and sample count over the loader (padding left out), as one tensor on the device."""
+def evaluate(model, loader, scale: float, device: torch.device, amp_dtype=None, classes: int = 0) -> torch.Tensor:
+    """Summed loss, correct predictions and sample count over the loader (padding left out), as one tensor on the
+    device; with `classes`, followed by the confusion matrix (rows: true class), flattened, so that one all-reduce
+    sums all of it over the ranks."""
     model.eval()
-    totals = torch.zeros(3, device=device, dtype=torch.float64)
+    totals = torch.zeros(3 + classes * classes, device=device, dtype=torch.float64)
     for images, labels in loader:
         x, y = to_input(images, scale, device), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
+        predicted, kept = logits.argmax(1), y != IGNORE_INDEX
         totals[0] += F.cross_entropy(logits.float(), y, reduction="sum", ignore_index=IGNORE_INDEX)
-        totals[1] += (logits.argmax(1) == y).sum()  # padding's label is never a prediction
-        totals[2] += (y != IGNORE_INDEX).sum()
+        totals[1] += (predicted == y).sum()  # padding's label is never a prediction
+        totals[2] += kept.sum()
+        if classes:
+            totals[3:] += torch.bincount(y[kept] * classes + predicted[kept], minlength=classes * classes)
     return totals
+
+
+def split_totals(totals: torch.Tensor, classes: int) -> tuple[list[float], list[list[int]]]:
+    """evaluate's all-reduced totals as (loss sum, correct, count) and the confusion matrix."""
+    values = totals.tolist()
+    matrix = [[int(v) for v in values[3 + row * classes : 3 + (row + 1) * classes]] for row in range(classes)]
+    return values[:3], matrix
 
 
 def check_input(path: Path, image, trained: dict) -> None:

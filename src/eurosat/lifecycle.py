@@ -27,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from eurosat.cli import build_parser, is_main_process, parse_args, run_cli
 from eurosat.datasets import EuroSATSplits, load_configured_splits
 from eurosat.errors import UserError
+from eurosat.evaluation import matrix_report
 from eurosat.evaluation import prefix as evaluation_prefix
 from eurosat.files import list_files
 from eurosat.gpu import resolve_device
@@ -131,6 +132,7 @@ class Run:
         self.checkpoint, self.checkpoint_path = checkpoint, checkpoint_path  # what a resume continues from
         self.directory: Path | None = directory  # None on ranks that never write
         self.history: list[dict] = list(checkpoint["history"]) if checkpoint else []
+        self.best_val_matrix = checkpoint.get("best_val_matrix") if checkpoint else None  # older checkpoints: none
         self.stop = StopRequest()
         self.is_main = False
         self.writer = None
@@ -216,9 +218,12 @@ class Run:
     def best_val_acc(self) -> float:
         return max((record["val_acc"] for record in self.history), default=-1.0)
 
-    def end_epoch(self, record: dict) -> bool:
-        """Append an epoch's record (metrics.jsonl, TensorBoard, the epoch line); True when it is the best yet."""
+    def end_epoch(self, record: dict, val_matrix: list | None = None) -> bool:
+        """Append an epoch's record (metrics.jsonl, TensorBoard, the epoch line); True when it is the best yet. The
+        best epoch's validation confusion matrix is kept (and checkpointed) for the end-of-run evaluation."""
         best = record["val_acc"] > self.best_val_acc
+        if best:
+            self.best_val_matrix = val_matrix
         record = {**record, "elapsed_s": self.timeline.epoch_end()}  # seconds from process start
         self.history.append(record)
         if self.is_main:
@@ -237,7 +242,13 @@ class Run:
 
     def state(self) -> dict:
         """The lifecycle's part of every checkpoint: whose it is, its settings, its history, the RNG state."""
-        return {"project": self.project, "config": self.config, "history": self.history, "rng": rng_state()}
+        return {
+            "project": self.project,
+            "config": self.config,
+            "history": self.history,
+            "best_val_matrix": self.best_val_matrix,
+            "rng": rng_state(),
+        }
 
     def restore_rng(self) -> None:
         restore_rng_state(self.checkpoint["rng"])
@@ -274,17 +285,27 @@ class Run:
 
     def evaluate(self, experiment: Experiment) -> None:
         """The finished run's best checkpoint on its whole validation part and then, once, on its test part when the
-        split has one, in the main process alone (so every image is counted once, whatever the number of ranks), in
-        fp32, as `evaluate` does it: the class table, evaluation.json and the confusion matrix (CSV, PNG, TensorBoard
-        image, MLflow metrics and artifacts), test_... for the test part. Nothing before this reads the test part."""
-        device = resolve_device(self.config["device"])
-        checkpoint = self.directory / "best.ckpt"
-        model, _ = trained_model(experiment, checkpoint, device)
+        split has one, in the main process: the class table, evaluation.json and the confusion matrix (CSV, PNG,
+        TensorBoard image, MLflow metrics and artifacts), test_... for the test part. The validation figures are
+        those of the best epoch's own validation pass (its matrix, summed over the ranks: every image once), so they
+        cost no second pass; the test part is scored in fp32, as `evaluate --split test` scores it. Nothing before
+        this reads the test part."""
+        best = max(self.history, key=lambda record: record["val_acc"])
         data = load_configured_splits(self.config, progress=False)
+        checkpoint = self.directory / "best.ckpt"
+        device = model = None
         epoch = len(self.history)
         for part in ("val", "test") if data.test is not None else ("val",):
             result = {"checkpoint": str(checkpoint), "data": self.config["data"]}
-            result.update(evaluate_split(model, data, device, self.config["batch_size"], part))
+            if part == "val" and self.best_val_matrix is not None:
+                report = matrix_report(self.best_val_matrix, list(data.classes))
+                result.update(part="val", val_loss=best["val_loss"], val_acc=best["val_acc"], val_samples=report["samples"])
+                result.update(report)
+            else:  # the test part, or a run resumed from a checkpoint older than the kept matrix
+                if model is None:
+                    device = resolve_device(self.config["device"])
+                    model, _ = trained_model(experiment, checkpoint, device)
+                result.update(evaluate_split(model, data, device, self.config["batch_size"], part))
             picture = report_evaluation(result, self.directory)
             prefix = evaluation_prefix(part)
             with SummaryWriter(str(self.directory / "tensorboard")) as writer:

@@ -131,7 +131,7 @@ class RunCallback(pl.Callback):
             "bn_recompute_s": self.bn_seconds,
             "seconds": time.perf_counter() - self.start,
         }
-        self.save(trainer, module, best=self.run.end_epoch(record))
+        self.save(trainer, module, best=self.run.end_epoch(record, getattr(module, "epoch_val_matrix", None)))
         if self.run.stop.agreed(trainer.world_size, module.device, 0) and trainer.current_epoch + 1 < trainer.max_epochs:
             raise self.run.stopped(f"the end of epoch {trainer.current_epoch + 1}")
 
