@@ -10,16 +10,17 @@ from helpers import MODEL, run
 
 pytestmark = pytest.mark.slow
 
-STEPS = ["write data", "train eurosat-amp", "train eurosat-lightning", "bench", "deterministic 1", "deterministic 2"]
-STEPS += ["train --compile"]
+STEPS = ["write data", "train eurosat-amp", "train eurosat-lightning", "start-up profile", "first-step study", "bench"]
+STEPS += ["deterministic 1", "deterministic 2", "train --compile"]
 TRAIN = f"--model {MODEL} --batch-size 32 --epochs 2 --no-pretrained"
 BENCH = f"--model {MODEL} --batch-size 32 --workers 0 --warmup-steps 1 --steps 2 --accuracy-epochs 1 --repeats 1"
+STUDY = "--model tf_mobilenetv3_small_minimal_100 --batch-size 8 --steps 1"  # depthwise convolutions, as the default
 
 
 def test_gpu_check_runs_every_step_and_writes_one_report(tmp_path):
     out, models = tmp_path / "results", tmp_path / "models"
     args = f"--device cpu --fraction 0.005 --budget 1800 --bench-budget 600 --out {out}"
-    args += f" --train-args '{TRAIN}' --bench-args '{BENCH}'"
+    args += f" --train-args '{TRAIN}' --bench-args '{BENCH}' --study-args '{STUDY}'"
     make = ["make", "gpu-check", f"MODEL_CACHE={models}", f"ARGS={args}", f"GPU_CHECK_PYTHON={sys.executable}"]
     env = {**os.environ, "TORCH_LOGS": "recompiles"}  # torch.compile says when it compiles a function again
     result = run(*make, timeout=1800, env=env)  # seven steps in their own processes: minutes on a slow 2-core machine
@@ -37,13 +38,22 @@ def test_gpu_check_runs_every_step_and_writes_one_report(tmp_path):
     assert (out / steps["bench"]["bench"]).is_file() and steps["bench"]["budget"]["skipped"] == []
     rows = [row["name"] for row in steps["bench"]["budget"]["rows"]]
     assert "model only" in rows and not any("torch.compile" in row for row in rows)  # compile: the check's own run
+    phases = dict(steps["start-up profile"]["result"]["phases"])
+    assert list(phases)[:3] == ["interpreter start", "import torch", "import timm"] and all(v >= 0 for v in phases.values())
+    assert "cache check (shape, size, checksum)" in phases and "build tf_efficientnet_b5" in phases
+    layouts = [row["layout"] for row in steps["first-step study"]["result"]["rows"]]
+    assert layouts == ["channels_last", "nchw", "depthwise-nchw", "depthwise-native"]
     targets = {row["target"]: row for row in report["targets"]}
-    assert len(targets) == 7 and all(row["value"] is not None for row in targets.values())
+    assert len(targets) == 10 and all(row["value"] is not None for row in targets.values())
+    assert targets["eurosat-lightning: whole default train, process start to exit < 20 s"]["value"] == pytest.approx(
+        steps["train eurosat-lightning"]["seconds"]
+    )
     assert targets["eurosat-amp: first epoch / steady epoch <= 1.5"]["value"] == pytest.approx(
         steps["train eurosat-amp"]["first_epoch_ratio"]
     )
     table = report_file.with_suffix(".md").read_text()
     assert "| train --compile | yes |" in table and "| target | measured | met |" in table
+    assert "| depthwise layout | first step, s | steady images/s |" in table and "| import timm | " in table
     logs = sorted(report_file.with_suffix("").glob("*.log"))
     assert len(logs) == len(STEPS)  # each step's output, kept
     compiled = logs[STEPS.index("train --compile")].read_text()

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,13 +192,32 @@ def _write_manifest(manifest: Path, file_list: FileList, band_choice: tuple, ban
     _replace_atomically(tmp, manifest)
 
 
-def prepare(data_dir: Path, bands: str = "rgb", cache_dir: Path | None = None, progress: bool = True) -> CachedImages:
-    """Build the cache for this data and band choice if it does not exist yet (or is damaged), then open it."""
+class _PhaseClock:
+    """Seconds per phase into a dict, or nothing."""
+
+    def __init__(self, timings: dict | None):
+        self.timings, self.last = timings, time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[phase] = now - self.last
+            self.last = now
+
+
+def prepare(
+    data_dir: Path, bands: str = "rgb", cache_dir: Path | None = None, progress: bool = True, timings: dict | None = None
+) -> CachedImages:
+    """Build the cache for this data and band choice if it does not exist yet (or is damaged), then open it. With
+    `timings`, the seconds of each phase go into it (bench/startup.py)."""
+    clock = _PhaseClock(timings)
     file_list = list_files(Path(data_dir))
     first = read_image(file_list.root / file_list.files[0])
     band_choice = parse_bands(bands, first.shape[2])
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    clock.done("list the files")
     key = cache_key(file_list, band_choice)
+    clock.done("cache key (every file's size and time)")
     npy, manifest, lock = (cache_dir / f"{key}{suffix}" for suffix in (".npy", ".json", ".lock"))
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +235,9 @@ def prepare(data_dir: Path, bands: str = "rgb", cache_dir: Path | None = None, p
                     _write_manifest(manifest, file_list, band_choice, first.shape[2], npy)
     except OSError as exc:
         raise UserError(f"cannot write the cache in {cache_dir} ({exc.strerror}): pass --cache-dir PATH") from None
+    clock.done("cache check (shape, size, checksum)")
     meta = json.loads(manifest.read_text())
+    clock.done("read the manifest")
     return CachedImages(
         images=np.load(npy, mmap_mode="r"),
         labels=np.asarray(meta["labels"], dtype=np.int64),

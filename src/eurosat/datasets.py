@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,13 @@ class CachedSubset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def images(self) -> np.ndarray:
-        return self.cache.images[self.rows]  # one read of the memmap, in row order
+    def images(self) -> torch.Tensor:
+        """The split's raw images, (N, C, H, W), by one gather from the memmap: torch's is multi-threaded, about four
+        times faster than numpy's fancy indexing (bench/startup.py). The memmap is read-only and stays unwritten."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            whole = torch.from_numpy(self.cache.images)
+        return whole[torch.from_numpy(np.asarray(self.rows))]
 
     def labels(self) -> torch.Tensor:
         return torch.from_numpy(self.cache.labels[self.rows])
@@ -66,8 +72,10 @@ class BatchLoader:
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.batch_size = max(1, min(batch_size, math.ceil(len(subset) / world_size)))
         self.device = device or torch.device("cpu")
-        # NHWC in memory: a gathered batch viewed as NCHW is already channels_last, so no copy is needed for it
-        self.images = as_tensor(subset.images().transpose(0, 2, 3, 1), for_cuda).contiguous().to(self.device)
+        # NHWC in memory: a gathered batch viewed as NCHW is already channels_last, so no copy is needed for it. On
+        # a GPU the split crosses as it is cached and changes layout there, which costs the host nothing
+        images = as_tensor(subset.images(), for_cuda).to(self.device)
+        self.images = images.permute(0, 2, 3, 1).contiguous()
         self.labels = subset.labels().to(self.device)
         self.pin_memory = for_cuda and self.device.type == "cpu"
         self.set_epoch(0)
@@ -118,10 +126,11 @@ class BatchLoader:
             yield (images.pin_memory() if self.pin_memory else images).permute(0, 3, 1, 2), labels
 
 
-def as_tensor(images: np.ndarray, for_cuda: bool = False) -> torch.Tensor:
+def as_tensor(images: np.ndarray | torch.Tensor, for_cuda: bool = False) -> torch.Tensor:
     """Raw images as a tensor. For a GPU, uint16 travels as int16 with the same bits (few CUDA kernels take
     uint16) and to_input undoes it there; on the CPU uint16 converts to float directly."""
-    return torch.from_numpy(images.view(np.int16) if for_cuda and images.dtype == np.uint16 else images)
+    images = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
+    return images.view(torch.int16) if for_cuda and images.dtype == torch.uint16 else images
 
 
 def to_input(images: torch.Tensor, scale: float, device: torch.device, channels_last: bool = True) -> torch.Tensor:

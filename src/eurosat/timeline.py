@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch  # (not imported here: bench/startup.py times torch's import from process start with this module)
 
 MILESTONES = {"data_ready": "data ready", "model_built": "model built", "first_step": "first step", "first_epoch": "first epoch"}
 
@@ -45,6 +47,8 @@ class Timeline:
         if milestone in self.seconds:
             return
         if device is not None and device.type == "cuda":
+            import torch
+
             torch.cuda.synchronize(device)
         self.seconds[milestone] = round(since_start(), 3)
 
