@@ -82,7 +82,7 @@ NODE_STAMP := node_modules/.installed
 # make test and make test-all run the tests in this many processes (pytest-xdist), each test on its share of the cores
 TEST_WORKERS ?= auto
 
-.PHONY: help venv bench gpu-check reproduce report cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lock-drift lint test test-all test-images clean \
+.PHONY: help venv docs docs-serve bench gpu-check reproduce report cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lock-drift lint test test-all test-images clean \
 	new-project doctor check-project check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
 	slurm-image slurm-up slurm-shell slurm-down weights
 
@@ -157,7 +157,7 @@ bench: $(VENV_STAMP) ## the articles' baseline vs this project on DATA, within -
 
 # Outside the project's images too: the venv's Python when there is one, else PYTHON with the machine's packages
 GPU_CHECK_PYTHON ?= $(if $(wildcard $(VENV_PY)),$(VENV_PY),$(PYTHON))
-gpu-check: ## measure one NVIDIA GPU offline in about 9 minutes; report into bench/results (ARGS: --device cpu ...)
+gpu-check: ## measure one NVIDIA GPU offline in about 10 minutes; report into bench/results (ARGS: --device cpu ...)
 	PYTHONPATH=src $(GPU_CHECK_PYTHON) scripts/gpu_check.py $(ARGS)
 
 lock: $(VENV_STAMP) ## regenerate requirements.lock (hashes, all platforms) from requirements.in
@@ -176,10 +176,16 @@ relock: $(VENV_STAMP) check-docker ## refresh every lock: LOCK_CUTOFF (images/ve
 	$(VENV_PY) scripts/lock.py relock
 	$(MAKE) lock lock-images
 
+
+docs: $(VENV_STAMP) ## build the documentation site into site/ (MkDocs, strict: a broken link or a missing page fails)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict  # not --quiet: strict ignores the warnings it hides
+
+docs-serve: $(VENV_STAMP) ## serve the documentation site on 127.0.0.1:8000, rebuilt on every change
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
 lint: $(VENV_STAMP) ## pre-commit on every file: ruff, hadolint, shellcheck, hygiene
 	PATH="$(abspath $(VENV))/bin:$$PATH" pre-commit run --all-files --show-diff-on-failure
 
-test: $(VENV_STAMP) ## the fast tests, about 75 s on 2 cores (CPU, offline): in-process, no slow marker
+test: $(VENV_STAMP) ## the fast tests, about 100 s on 2 cores (CPU, offline): in-process, no slow marker
 	$(VENV_PY) -m pytest --ignore=tests/images -m "not slow" --numprocesses $(TEST_WORKERS) --dist loadgroup
 
 test-all: $(VENV_STAMP) ## every test but the image tests: real processes, signals, torchrun (CPU, offline)
@@ -267,8 +273,8 @@ down: $(COMPOSE_DEP) ## stop every container of this repository's compose projec
 test-images: $(VENV_STAMP) $(NODE_STAMP) check-docker ## image, compose and notebook tests against the Docker engine
 	$(VENV_PY) -m pytest tests/images --numprocesses $(TEST_WORKERS) --dist loadgroup
 
-clean: ## remove .venv, node_modules and Python caches (data/ and runs/ are kept)
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache src/*.egg-info
+clean: ## remove .venv, node_modules, site/ and Python caches (data/ and runs/ are kept)
+	rm -rf $(VENV) node_modules site .pytest_cache .ruff_cache src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Settings every compose call gets: paths on the host, ids of the host user, images, the GPU override.
