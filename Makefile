@@ -82,7 +82,7 @@ NODE_STAMP := node_modules/.installed
 # make test and make test-all run the tests in this many processes (pytest-xdist), each test on its share of the cores
 TEST_WORKERS ?= auto
 
-.PHONY: help venv docs docs-serve bench gpu-check reproduce report cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lock-drift lint test test-all test-images clean \
+.PHONY: help venv docs docs-serve sweep summary bench gpu-check reproduce report cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lock-drift lint test test-all test-images clean \
 	new-project doctor check-project check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
 	slurm-image slurm-up slurm-shell slurm-down weights
 
@@ -143,6 +143,15 @@ data-sample: $(VENV_STAMP) ## write a small synthetic EuroSAT (official layout, 
 
 weights: $(VENV_STAMP) ## fetch weights.lock's pinned ImageNet weights into MODEL_CACHE (MODEL=<timm name>: add or check one; REVISION=)
 	@$(VENV_PY) -m eurosat.weights $(if $(MODEL),"$(MODEL)") $(if $(REVISION),"$(REVISION)")
+
+sweep: check-project $(VENV_STAMP) ## every combination of SWEEP="--seed 1,2,3 --lr 1e-3,3e-4" as runs of PROJECT (ARGS; JOBS=N at a time; SWEEP_NAME), then their summary
+	@[[ -n "$(SWEEP)" ]] || { echo 'error: pass SWEEP="--seed 1,2,3" (flags with comma-separated values)' >&2; exit 2; }
+	$(VENV_PY) -m eurosat.sweep $(PROJECT) --sweep "$(SWEEP)" --args "$(ARGS)" --data $(DATA) --jobs $(or $(JOBS),1) \
+		--runs $(or $(RUNS_DIR),runs) $(if $(SWEEP_NAME),--name "$(SWEEP_NAME)")
+
+summary: $(VENV_STAMP) ## summary.md, .csv and .png of many runs, grouped by setting, mean and spread over seeds: RUNS="runs/<project>/<sweep or glob>"
+	@[[ -n "$(RUNS)" ]] || { echo 'error: pass RUNS="runs/<project>/<sweep or glob>" (run directories to summarize)' >&2; exit 2; }
+	$(VENV_PY) -m eurosat.summary $(RUNS)
 
 reproduce: $(VENV_STAMP) ## train a recorded run again, warn about every provenance difference, compare metrics: RUN=runs/<project>/<id>
 	@[[ -n "$(RUN)" ]] || { echo "error: pass RUN=runs/<project>/<run-id> (a run directory to reproduce)" >&2; exit 2; }
