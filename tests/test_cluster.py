@@ -84,9 +84,19 @@ def test_rendered_cluster_files_are_valid_and_launch_the_same_training(project, 
     train_line = next(line for line in text.splitlines() if f"projects/{project}/train.py" in line)
     slurm_train = shlex.split(train_line)
     assert slurm_train[2:4] == ["--data", "$data"] and slurm_train[-1] == "$@"  # /data in a container; sbatch's args
-    slurm_train = [*slurm_train[:3], "/data", *slurm_train[4:-1]]
-    assert slurm_train == k8s_launch[k8s_launch.index(f"projects/{project}/train.py") :]  # the same script and flags
+    # each names its run's folder after the job, so that a requeued job or a restarted pod continues it
+    assert slurm_train[-3:-1] == ["--run-dir", "$RUN_DIR"] and "RUN_DIR=${RUN_DIR:-runs/" in text
+    assert k8s_launch[-2:] == ["--run-dir", f"runs/{project}/{project}"]
+    slurm_train = [*slurm_train[:3], "/data", *slurm_train[4:-3]]
+    k8s_train = k8s_launch[k8s_launch.index(f"projects/{project}/train.py") : -2]
+    assert slurm_train == k8s_train  # the same script and flags
     assert slurm_train[4:] == [*layout, "--epochs", "3", "--batch-size", "1024"]
+    # requeued on a signal (Slurm: the script itself and --requeue; the operator: exit statuses 128-255), not on a bad flag
+    assert "#SBATCH --requeue" in text and "scontrol requeue" in text and "MAX_REQUEUES=${MAX_REQUEUES:-10}" in text
+    assert {spec["restartPolicy"] for spec in replicas.values()} == {"ExitCode"} and job["spec"]["runPolicy"][
+        "backoffLimit"
+    ] == 10
+    assert container["command"] == ["python3", "-m", "eurosat.torchrun"]
 
 
 def test_the_schema_check_catches_a_broken_manifest():

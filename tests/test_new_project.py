@@ -65,10 +65,25 @@ def test_bad_or_taken_names_are_one_line(clone):
 
 
 def test_no_project_is_named_outside_projects_docs_readme_tests_and_results():
-    """(bench/results/ holds records of runs that were made, such as a gpu-check's steps, each named by its project)"""
+    """(bench/results/ holds records of runs that were made, such as a gpu-check's steps, each named by its project;
+    CONTRIBUTING.md and CHANGELOG.md are documentation, like README.md)"""
     names = [arg for project in PROJECTS for arg in ("-e", project)]
     found = subprocess.run(
-        ["git", "grep", "-l", *names, "--", ".", ":!projects", ":!docs", ":!README.md", ":!tests", ":!bench/results"],
+        [
+            "git",
+            "grep",
+            "-l",
+            *names,
+            "--",
+            ".",
+            ":!projects",
+            ":!docs",
+            ":!README.md",
+            ":!CONTRIBUTING.md",
+            ":!CHANGELOG.md",
+            ":!tests",
+            ":!bench/results",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -100,6 +100,20 @@ def test_resume_equals_uninterrupted(trained, sample_dir, tmp_path):
     assert json.loads((half_dir / "config.json").read_text())["epochs"] == 2
 
 
+def test_the_same_command_with_run_dir_continues_its_run_as_a_requeued_job_does(trained, sample_dir, tmp_path):
+    """--run-dir DIR: the first start creates the run there; started again with the same command (a requeued
+    Slurm job, a restarted pod), it continues from DIR/last.ckpt and ends as an uninterrupted run."""
+    project, full_dir, _ = trained
+    run_dir = tmp_path / "job-123"
+    command = ["train", "--data", sample_dir, "--out", tmp_path / "unused", "--run-dir", run_dir, *SMALL]
+    first = main_in_process(project, *command, "--epochs", "1")
+    assert first.stdout.startswith(f"run {run_dir}: ") and not (tmp_path / "unused").exists()
+    again = main_in_process(project, *command, "--epochs", "2")
+    assert "Epoch 2/2" in again.stdout and "Epoch 1/2" not in again.stdout  # continued, not started over
+    assert without_timings(read_metrics(run_dir)) == without_timings(read_metrics(full_dir))
+    assert_same_weights(run_dir / "last.ckpt", full_dir / "last.ckpt")
+
+
 def test_evaluate_and_predict(trained, sample_dir, tmp_path):
     """evaluate reproduces the recorded best val_acc; predict names the right class for most files."""
     project, run_dir, _ = trained

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from eurosat import manifest
-from eurosat.cli import ArgumentParser, positive_int, run_cli
+from eurosat.cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from eurosat.errors import UserError
 
 HERE = Path(__file__).resolve().parent
@@ -85,6 +85,7 @@ def slurm_script(args, train_args: list[str], name: str) -> str:
         TIME_LIMIT=args.time_limit,
         TRAIN_ARGS=shlex.join(train_args),
         OUT_NAME=name,
+        MAX_REQUEUES=args.max_requeues,
     )
 
 
@@ -93,6 +94,7 @@ def pytorchjob(args, train_args: list[str]) -> dict:
         "--nnodes", str(args.nodes), "--nproc_per_node", str(args.gpus),
         "--node_rank", "$(RANK)", "--master_addr", "$(MASTER_ADDR)", "--master_port", "$(MASTER_PORT)",
         f"projects/{args.project}/train.py", "train", "--data", "/data", *train_args,
+        "--run-dir", f"runs/{args.project}/{args.job_name}",  # a restarted pod continues the run from its last.ckpt
     ]  # fmt: skip
     volume = "workspace"  # a claim holding repo/ (a checkout), data/, runs/, cache/ and models/
 
@@ -104,7 +106,7 @@ def pytorchjob(args, train_args: list[str]) -> dict:
         "image": args.image,
         "imagePullPolicy": "IfNotPresent",
         "workingDir": "/workspace",
-        "command": ["torchrun"],
+        "command": ["python3", "-m", "eurosat.torchrun"],  # torchrun, exiting as its workers do (143 on SIGTERM)
         "args": launch,
         "env": [
             {"name": "PYTHONPATH", "value": "/workspace/src"},
@@ -134,14 +136,16 @@ def pytorchjob(args, train_args: list[str]) -> dict:
             ],
         }
     }
-    replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
+    # ExitCode: the operator restarts a replica that exited 128-255 (a signal: preemption, eviction, a lost node) and
+    # not one that exited 1-127 (a bad flag's 2, a diverged loss); the restarted pods continue the run (--run-dir)
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "ExitCode", "template": template}}
     if args.nodes > 1:
-        replicas["Worker"] = {"replicas": args.nodes - 1, "restartPolicy": "OnFailure", "template": template}
+        replicas["Worker"] = {"replicas": args.nodes - 1, "restartPolicy": "ExitCode", "template": template}
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
         "metadata": {"name": args.job_name, "labels": {"app.kubernetes.io/name": "eurosat", "eurosat/project": args.project}},
-        "spec": {"runPolicy": {"cleanPodPolicy": "None"}, "pytorchReplicaSpecs": replicas},
+        "spec": {"runPolicy": {"cleanPodPolicy": "None", "backoffLimit": args.max_requeues}, "pytorchReplicaSpecs": replicas},
     }
 
 
@@ -156,6 +160,9 @@ def main(argv=None) -> None:
     parser.add_argument("--job-name", help="default: PROJECT")
     parser.add_argument("--cpus-per-node", type=positive_int, default=16)
     parser.add_argument("--time-limit", default="04:00:00", help="Slurm --time")
+    parser.add_argument(
+        "--max-requeues", type=non_negative_int, default=10, help="times a stopped job requeues itself (default: 10)"
+    )
     parser.add_argument(
         "--claim", default="eurosat-workspace", help="Kubernetes PersistentVolumeClaim with repo/ data/ runs/ cache/ models/"
     )

@@ -49,6 +49,13 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     train = commands.add_parser("train", help="train a model (the default command)")
     train.add_argument("--data", type=Path, default=Path("data/eurosat"), help="EuroSAT folder (default: %(default)s)")
     train.add_argument("--out", type=Path, default=Path("runs") / project, help="runs are created in here (default: %(default)s)")
+    train.add_argument(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="the run's folder, instead of a new one under --out: started there, or continued from DIR/last.ckpt when "
+        "it holds one (a requeued job, a restarted pod)",
+    )
     train.add_argument("--epochs", type=positive_int, default=3, help="epochs to train, 1 or more (default: %(default)s)")
     train.add_argument("--batch-size", type=positive_int, default=1024, help="global batch size (default: %(default)s)")
     train.add_argument("--lr", type=learning_rate, default=1e-3, help="Adam learning rate (default: %(default)s)")
@@ -154,13 +161,13 @@ def is_main_process() -> bool:
 
 
 def run_cli(main, argv=None) -> None:
-    """Run main(argv); bad input becomes one line on stderr and exit status 2."""
+    """Run main(argv); bad input becomes one line on stderr and exit status 2 (a lost peer: 75)."""
     try:
         main(argv)
     except UserError as exc:
         if is_main_process():
             print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_status)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

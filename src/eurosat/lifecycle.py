@@ -26,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from eurosat.cli import build_parser, is_main_process, parse_args, run_cli
 from eurosat.datasets import EuroSATSplits, load_configured_splits
-from eurosat.errors import UserError
+from eurosat.errors import LostPeer, UserError
 from eurosat.evaluation import matrix_report
 from eurosat.evaluation import prefix as evaluation_prefix
 from eurosat.files import list_files
@@ -115,6 +115,15 @@ class StopRequest:
         return bool(vote.item())
 
 
+def named_run_dir(directory: Path) -> Path:
+    """--run-dir for a run that starts there: the folder, made if needed."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--run-dir {directory}: cannot create it ({exc.strerror}); pick a writable folder") from None
+    return directory
+
+
 def check_project(checkpoint, name: str, source) -> None:
     """A checkpoint (or run) of another project, or no checkpoint of ours at all, is one line."""
     if not isinstance(checkpoint, dict) or not {"project", "config"} <= checkpoint.keys():
@@ -144,6 +153,8 @@ class Run:
 
     @classmethod
     def open(cls, experiment: Experiment, args) -> Run:
+        if not args.resume and args.run_dir and (Path(args.run_dir) / "last.ckpt").exists():
+            args.resume = Path(args.run_dir)  # a requeued job or a restarted pod: continue the run it started there
         given = {key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items() if key not in NOT_RECORDED}
         checkpoint = checkpoint_path = directory = None
         if args.resume:
@@ -162,7 +173,8 @@ class Run:
         if handed := os.environ.get(RUN_DIR_ENV):  # a process a framework's launcher started from rank 0's
             directory = Path(handed)
         elif directory is None and is_main_process():
-            directory = create_run_dir(Path(config["out"]), config["model"])
+            directory = named_run_dir(Path(config["run_dir"])) if config.get("run_dir") else None
+            directory = directory or create_run_dir(Path(config["out"]), config["model"])
         run = cls(experiment.name, config, checkpoint, checkpoint_path, directory)
         run.initial_weights, run.pretrained = initial, locked
         return run
@@ -361,7 +373,7 @@ def train(experiment: Experiment, args) -> list[dict]:
         if run.config.get("world_size", 1) == 1 or not (isinstance(exc, dist.DistError) or PEER_LOST.search(str(exc))):
             raise
         first_line = str(exc).strip().splitlines()[0]
-        raise UserError(
+        raise LostPeer(
             f"lost another training process (a node or rank stopped): {first_line[:200]}; "
             f"continue from the last checkpoint with --resume {run.directory or 'runs/<project>/<run-id>'}"
         ) from None

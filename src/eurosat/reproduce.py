@@ -17,7 +17,17 @@ from eurosat.cli import ArgumentParser, run_cli
 from eurosat.errors import UserError
 from eurosat.manifest import REPO_ROOT
 
-NOT_REPLAYED = {"help", "command", "resume", "out", "profile", "profiler", "tracking", "tracking_uri"}  # where, not what
+NOT_REPLAYED = {
+    "help",
+    "command",
+    "resume",
+    "out",
+    "run_dir",
+    "profile",
+    "profiler",
+    "tracking",
+    "tracking_uri",
+}  # where, not what
 COMPARED = {
     "git commit": ("git", "commit"),
     "git working tree dirty": ("git", "dirty"),

@@ -23,7 +23,18 @@ from eurosat.cli import ArgumentParser, run_cli
 from eurosat.errors import UserError
 
 # Not settings of what is trained: where it ran, where it was written and tracked, and what the run derived
-NOT_SETTINGS = {"seed", "out", "resume", "tracking", "tracking_uri", "cache_dir", "device", "data_on", "checkpoint_every"}
+NOT_SETTINGS = {
+    "seed",
+    "out",
+    "run_dir",
+    "resume",
+    "tracking",
+    "tracking_uri",
+    "cache_dir",
+    "device",
+    "data_on",
+    "checkpoint_every",
+}
 NOT_SETTINGS |= {"profile", "profiler", "classes", "bands_resolved", "scale", "input", "precision_resolved", "world_size"}
 # Provenance that must agree between the runs of one setting for their spread to mean anything
 COMPARABLE = {

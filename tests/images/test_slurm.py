@@ -1,6 +1,7 @@
 """make slurm-up: a real Slurm cluster (Debian's slurmctld, slurmd and munge) in three containers on the lightning
 image runs the script `make cluster-files` renders, unchanged, with CONTAINER_RUNTIME=none: sbatch from the
-controller, torchrun's c10d rendezvous at the first node of the allocation, gloo between the nodes.
+controller, torchrun's c10d rendezvous at the first node of the allocation, gloo between the nodes. A job that
+stops on a signal requeues itself and its next start continues the run (runs/<project>/<project>-<job id>).
 
 The cluster works on a copy of the repository (its shared storage), so runs and job output stay out of this one."""
 
@@ -44,11 +45,11 @@ def on_controller(repo, *command, check=True):
     return make_in(repo, "slurm-shell", f"CMD={shlex.join(command)}", check=check)
 
 
-def submit(repo, project, *train_flags, wait=True):
+def submit(repo, project, *train_flags, wait=True, env=()):
     """sbatch the rendered script (CONTAINER_RUNTIME=none: the nodes carry the image); returns the job id. The two
     nodes share this machine's cores: one thread each (torch would start one per core on both, and wait on them)."""
     script = f"build/cluster/{project}-2x1/slurm.sbatch"
-    result = on_controller(repo, "env", "CONTAINER_RUNTIME=none", "OMP_NUM_THREADS=1", "sbatch",
+    result = on_controller(repo, "env", "CONTAINER_RUNTIME=none", "OMP_NUM_THREADS=1", *env, "sbatch",
                            *(["--wait"] if wait else []), script, *train_flags, check=False)  # fmt: skip
     job = re.search(r"Submitted batch job (\d+)", result.stdout)
     assert job, result.stdout + result.stderr
@@ -75,6 +76,15 @@ def job_output(repo, project, job) -> str:
     return (repo / f"{project}-{job}.out").read_text()
 
 
+def job_run_dir(repo, project, job):
+    """The run directory the rendered script names after the job."""
+    return repo / "runs" / project / f"{project}-{job}"
+
+
+def ended(repo, job) -> bool:
+    return job_state(repo, job) not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED", "CONFIGURING")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(cluster):
     """project -> its run directory of a whole two-node job."""
@@ -89,7 +99,8 @@ def uninterrupted(cluster):
         assert status == 0, job_output(cluster, project, job)[-3000:]
         # MinJobAge=16: sbatch --wait polls every 8 s (with Slurm's default, after 2, 10, 42, 74 s...)
         assert waited - ran < 12, f"sbatch --wait returned {waited - ran:.0f} s after the job ended"
-        runs[project] = single_run_dir(cluster / "runs" / "slurm" / project)
+        runs[project] = job_run_dir(cluster, project, job)
+        assert record["Restarts"] == "0" and "requeue:" not in job_output(cluster, project, job)
     return runs
 
 
@@ -118,41 +129,65 @@ def test_the_rendered_script_trains_on_two_nodes_like_one_process(cluster, unint
 
 
 @pytest.mark.parametrize("project", PROJECTS)
-def test_sigterm_to_the_batch_shell_checkpoints_and_a_resubmission_finishes_the_same_run(cluster, uninterrupted, project):
-    out = cluster / "runs" / "slurm" / f"{project}-preempted"
-    job, _ = submit(cluster, project, "--out", f"runs/slurm/{project}-preempted", wait=False)
-    wait_until(lambda: any(out.glob("*/last.ckpt")), 300, "the first checkpoint")
+def test_sigterm_to_the_batch_shell_checkpoints_requeues_and_the_next_start_finishes_the_same_run(
+    cluster, uninterrupted, project
+):
+    job, _ = submit(cluster, project, wait=False)
+    run_dir = job_run_dir(cluster, project, job)
+    wait_until(lambda: (run_dir / "last.ckpt").exists(), 300, "the first checkpoint")
     on_controller(cluster, "scancel", "--signal=TERM", "--batch", job)  # as preemption does: the batch shell only
-    wait_until(lambda: job_state(cluster, job) not in ("PENDING", "RUNNING", "COMPLETING"), 120, "the job to end")
-    output = job_output(cluster, project, job)
-    run_dir = single_run_dir(out)
+    wait_until(lambda: ended(cluster, job), 600, "the requeued job to finish")
+    record, output = job_record(cluster, job), job_output(cluster, project, job)
+    print(f"\n{project}: job {job} {record['JobState']} after {record['Restarts']} requeue(s)")
     # mid-epoch, or at the epoch's end when the signal lands after the ranks' last vote of the epoch (every 10 steps)
     (stopped,) = [line for line in output.splitlines() if line.startswith("stopped by SIGTERM at ")]
     assert stopped.endswith(f"continue with --resume {run_dir.relative_to(cluster)}")
-    assert "[rank" not in output  # no rank failed on the way (torchrun's own exit, a SignalException, is its own)
-    assert len(read_metrics(run_dir)) < 2  # stopped before the end
-
-    resumed, status = submit(cluster, project, "--resume", str(run_dir.relative_to(cluster)))
-    assert status == 0, job_output(cluster, project, resumed)[-3000:]
+    assert f"requeue: training stopped (exit 143): job {job} goes back in the queue (requeue 1 of 10)" in output
+    assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1" and "[rank" not in output
     whole = without_timings(read_metrics(uninterrupted[project]))  # equal up to float32 summation order
     assert without_timings(read_metrics(run_dir)) == [pytest.approx(record, rel=1e-6) for record in whole]
 
 
-def test_a_killed_node_ends_the_job_with_one_line_in_bounded_time(cluster, uninterrupted):
+def test_scontrol_requeue_by_hand_continues_the_run_and_a_bad_flag_or_the_limit_ends_the_job(cluster, uninterrupted):
     project = PROJECTS[0]
-    out = cluster / "runs" / "slurm" / f"{project}-node-lost"
-    job, _ = submit(cluster, project, "--out", f"runs/slurm/{project}-node-lost", "--epochs", "50", wait=False)
-    wait_until(lambda: any(out.glob("*/metrics.jsonl")), 300, "the first epoch")
+    job, _ = submit(cluster, project, wait=False)
+    run_dir = job_run_dir(cluster, project, job)
+    wait_until(lambda: (run_dir / "last.ckpt").exists(), 300, "the first checkpoint")
+    on_controller(cluster, "scontrol", "requeue", job)  # what an administrator or a preempting scheduler does
+    wait_until(lambda: ended(cluster, job), 600, "the requeued job to finish")
+    assert job_record(cluster, job)["JobState"] == "COMPLETED" and int(job_record(cluster, job)["Restarts"]) >= 1
+    whole = without_timings(read_metrics(uninterrupted[project]))
+    assert without_timings(read_metrics(run_dir)) == [pytest.approx(record, rel=1e-6) for record in whole]
+
+    bad, status = submit(cluster, project, "--lr", "abc")  # exit 2: not requeued
+    assert status != 0 and job_record(cluster, bad)["Restarts"] == "0" and job_state(cluster, bad) == "FAILED"
+    assert "'abc' is not a number" in job_output(cluster, project, bad) and "requeue" not in job_output(cluster, project, bad)
+
+    limited, _ = submit(cluster, project, wait=False, env=["MAX_REQUEUES=0"])
+    wait_until(lambda: (job_run_dir(cluster, project, limited) / "last.ckpt").exists(), 300, "the first checkpoint")
+    on_controller(cluster, "scancel", "--signal=TERM", "--batch", limited)
+    wait_until(lambda: ended(cluster, limited), 300, "the job to end")
+    output = job_output(cluster, project, limited)
+    assert f"requeue: not requeued: job {limited} was requeued 0 time(s), MAX_REQUEUES=0" in output
+    assert job_record(cluster, limited)["Restarts"] == "0" and job_state(cluster, limited) == "FAILED"
+
+
+def test_a_killed_node_requeues_the_job_in_bounded_time(cluster, uninterrupted):
+    project = PROJECTS[0]
+    job, _ = submit(cluster, project, "--epochs", "50", wait=False)
+    run_dir = job_run_dir(cluster, project, job)
+    wait_until(lambda: (run_dir / "metrics.jsonl").exists(), 300, "the first epoch")
     (node2,) = docker("ps", "--quiet", "--filter", "label=com.docker.compose.project=eurosat-slurm",
                       "--filter", "label=com.docker.compose.service=node2").stdout.split()  # fmt: skip
     docker("kill", node2)
     killed = time.monotonic()
-    wait_until(lambda: job_state(cluster, job) not in ("PENDING", "RUNNING"), 180, "the job to end")
+    wait_until(lambda: job_record(cluster, job)["Restarts"] != "0" or ended(cluster, job), 180, "the job to requeue")
     seconds = time.monotonic() - killed
-    docker("start", node2)  # it rejoins (ReturnToService=2)
-    output = job_output(cluster, project, job)
-    print(f"\nthe job ended {seconds:.0f} s after node2 was killed, as {job_state(cluster, job)}")
+    docker("start", node2)  # it rejoins (ReturnToService=2), and the requeued job can run again
+    record, output = job_record(cluster, job), job_output(cluster, project, job)
+    print(f"\nthe job was requeued {seconds:.0f} s after node2 was killed: {record['JobState']}, {record['Restarts']} restart(s)")
     assert "error: lost another training process (a node or rank stopped): " in output, output[-3000:]
-    assert seconds < 120
-    wait_until(lambda: "node2 idle" in on_controller(cluster, "sinfo", "-N", "-h", "-o", "%N %t").stdout, 120,
+    assert record["Restarts"] == "1" and seconds < 120, output[-3000:]
+    on_controller(cluster, "scancel", job)
+    wait_until(lambda: "node2 idle" in on_controller(cluster, "sinfo", "-N", "-h", "-o", "%N %t").stdout, 180,
                "node2 to rejoin")  # fmt: skip
