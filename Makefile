@@ -194,7 +194,7 @@ docs-serve: $(VENV_STAMP) ## serve the documentation site on 127.0.0.1:8000, reb
 lint: $(VENV_STAMP) ## pre-commit on every file: ruff, hadolint, shellcheck, hygiene
 	PATH="$(abspath $(VENV))/bin:$$PATH" pre-commit run --all-files --show-diff-on-failure
 
-test: $(VENV_STAMP) ## the fast tests, about 100 s on 2 cores (CPU, offline): in-process, no slow marker
+test: $(VENV_STAMP) ## the fast tests, about 2 minutes on 2 cores (CPU, offline): in-process, no slow marker
 	$(VENV_PY) -m pytest --ignore=tests/images -m "not slow" --numprocesses $(TEST_WORKERS) --dist loadgroup
 
 test-all: $(VENV_STAMP) ## every test but the image tests: real processes, signals, torchrun (CPU, offline)
