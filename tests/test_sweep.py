@@ -92,3 +92,11 @@ def test_make_sweep_runs_every_combination_and_make_summary_averages_over_seeds(
 def test_summary_of_nothing_is_one_line(tmp_path):
     result = run(sys.executable, "-m", "eurosat.summary", tmp_path / "nope*", check=False)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: RUNS=") and "matches nothing" in result.stderr
+
+
+@pytest.mark.parametrize("args", ["--run-dir runs/x", "--out elsewhere", "--resume runs/x"])
+def test_flags_that_pick_the_run_folder_are_the_sweeps(args):
+    from eurosat.sweep import check
+
+    with pytest.raises(UserError, match="--out, --run-dir and --resume are the sweep's"):
+        check(PROJECTS[0], args.split(), [["--seed", "1"]])

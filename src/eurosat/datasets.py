@@ -120,11 +120,10 @@ class BatchLoader:
             yield (images.pin_memory() if self.pin_memory else images).permute(0, 3, 1, 2), labels
 
 
-def as_tensor(images: np.ndarray | torch.Tensor, for_cuda: bool = False) -> torch.Tensor:
+def as_tensor(images: np.ndarray, for_cuda: bool = False) -> torch.Tensor:
     """Raw images as a tensor. For a GPU, uint16 travels as int16 with the same bits (few CUDA kernels take
     uint16) and to_input undoes it there; on the CPU uint16 converts to float directly."""
-    images = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
-    return images.view(torch.int16) if for_cuda and images.dtype == torch.uint16 else images
+    return torch.from_numpy(images.view(np.int16) if for_cuda and images.dtype == np.uint16 else images)
 
 
 def to_input(images: torch.Tensor, scale: float, device: torch.device, channels_last: bool = True) -> torch.Tensor:

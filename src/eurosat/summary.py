@@ -21,6 +21,7 @@ from pathlib import Path
 
 from eurosat.cli import ArgumentParser, run_cli
 from eurosat.errors import UserError
+from eurosat.reproduce import COMPARED
 
 # Not settings of what is trained: where it ran, where it was written and tracked, and what the run derived
 NOT_SETTINGS = {
@@ -37,12 +38,16 @@ NOT_SETTINGS = {
 }
 NOT_SETTINGS |= {"profile", "profiler", "classes", "bands_resolved", "scale", "input", "precision_resolved", "world_size"}
 # Provenance that must agree between the runs of one setting for their spread to mean anything
+# (where provenance.json keeps each: make reproduce's table)
 COMPARABLE = {
-    "code commit": ("git", "commit"),
-    "lock sha256": ("lockfile", "sha256"),
-    "weights sha256": ("pretrained", "sha256"),
-    "GPUs": ("hardware", "gpus"),
-    "processes": ("hardware", "world_size"),
+    label: COMPARED[name]
+    for label, name in (
+        ("code commit", "git commit"),
+        ("lock sha256", "lockfile sha256"),
+        ("weights sha256", "pretrained weights sha256"),
+        ("GPUs", "GPUs"),
+        ("processes", "processes"),
+    )
 }
 
 
@@ -102,7 +107,7 @@ def find_runs(patterns: list[str]) -> list[Path]:
     """Run directories (folders with a config.json) matched by the patterns or anywhere under them."""
     found = []
     for pattern in patterns:
-        matches = [Path(p) for p in sorted(glob.glob(pattern))] or []
+        matches = [Path(p) for p in sorted(glob.glob(pattern))]
         if not matches:
             raise UserError(f"RUNS={pattern}: matches nothing; pass run directories, a sweep folder or a glob")
         for match in matches:

@@ -57,18 +57,16 @@ def check(project: str, base: list[str], combos: list[list[str]]) -> None:
     from eurosat.lifecycle import make_parser  # torch and timm: once the grid itself is known to be well formed
     from eurosat.projects import load_project
 
-    parser, _ = make_parser(load_project(project).EXPERIMENT)
+    train = make_parser(load_project(project).EXPERIMENT)[1]["train"]
 
     def refuse(message):
         raise UserError(f"SWEEP/ARGS: {message}")
 
-    parser.error = refuse
-    for subparser in parser._subparsers._group_actions[0].choices.values():
-        subparser.error = refuse
+    train.error = refuse  # one line, instead of argparse's usage and exit
     for combo in combos:
-        if "--out" in combo or "--out" in base or "--resume" in combo:
-            raise UserError("SWEEP/ARGS: --out and --resume are the sweep's: each run gets its own folder")
-        parser.parse_args(["train", *base, *combo])
+        if {"--out", "--run-dir", "--resume"} & {*base, *combo}:
+            raise UserError("SWEEP/ARGS: --out, --run-dir and --resume are the sweep's: each run gets its own folder")
+        train.parse_args([*base, *combo])
 
 
 def run_sweep(project: str, sweep: str, base: list[str], jobs: int, out: Path, data: str | None) -> int:
