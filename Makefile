@@ -232,10 +232,10 @@ lock-images: $(VENV_STAMP) check-docker ## solve each image layer's lock inside 
 pin: check-docker ## re-resolve the root bases' tags (FROM ... AS root-base) to digests (needs the registries)
 	DOCKER=$(DOCKER) scripts/pin.sh $(wildcard images/*/Dockerfile)
 
-cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS, MAX_REQUEUES) into build/cluster/
+cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS, MAX_REQUEUES; SWEEP: a job array) into build/cluster/
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, the registry the cluster pulls from (make push REGISTRY=... puts the images there)" >&2; exit 2; fi
 	$(VENV_PY) scripts/cluster/render.py --project $(PROJECT) --nodes $(NODES) --gpus $(or $(GPUS),1) \
-		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args="$(ARGS)" --max-requeues $(or $(MAX_REQUEUES),10)
+		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args="$(ARGS)" --sweep="$(SWEEP)" --max-requeues $(or $(MAX_REQUEUES),10)
 
 slurm-image: check-project check-docker ## build the Slurm nodes' image on PROJECT's image (slurm-up does it first)
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)

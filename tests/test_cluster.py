@@ -4,6 +4,7 @@ present); the Slurm script passes bash -n and shellcheck. Both launch the same t
 
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -110,6 +111,44 @@ def test_the_schema_check_catches_a_broken_manifest():
     assert any(p.endswith("Worker.replica: not a field of KubeflowOrgV1ReplicaSpec") for p in problems), problems
     assert any("nvidia.com/gpu: expected str" in p for p in problems), problems
     assert any("`name`, must not be `None`" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_a_sweep_renders_as_one_job_array_and_one_pytorchjob_per_combination(project):
+    result = run("make", "cluster-files", f"PROJECT={project}", "NODES=2", "GPUS=4", f"REGISTRY={REGISTRY}",
+                 "ARGS=--epochs 3", "SWEEP=--seed 1,2,3 --lr 1e-3,3e-4")  # fmt: skip
+    assert "one job array of 6 tasks and 6 PyTorchJobs" in result.stdout
+    out = REPO / "build" / "cluster" / f"{project}-2x4-sweep"
+    script = out / "slurm.sbatch"
+    shellcheck = subprocess.run([REPO / ".venv" / "bin" / "shellcheck", script], capture_output=True, text=True)
+    assert shellcheck.returncode == 0, shellcheck.stdout
+    text = script.read_text()
+    assert "#SBATCH --array=0-5" in text and "#SBATCH --output=%x-%A_%a.out" in text and "#SBATCH --requeue" in text
+    assert 'RUN_DIR=$SWEEP_DIR/$(printf %02d "$SLURM_ARRAY_TASK_ID")' in text and "scontrol requeue" in text
+    cases = re.findall(r"^  (\d)\) set -- (.*) \"\$@\" ;;$", text, re.MULTILINE)
+    assert cases[0] == ("0", "--seed 1 --lr 1e-3") and cases[5] == ("5", "--seed 3 --lr 3e-4") and len(cases) == 6
+
+    jobs = list(yaml.safe_load_all((out / "pytorchjob.yaml").read_text()))
+    assert [job["metadata"]["name"] for job in jobs] == [f"{project}-{i:02d}" for i in range(6)]
+    for i, (job, (_, flags)) in enumerate(zip(jobs, cases, strict=True)):
+        assert schema_problems(job, "KubeflowOrgV1PyTorchJob", "PyTorchJob") == []
+        launch = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
+        assert launch[-6:] == [*flags.split(), "--run-dir", f"runs/{project}/{project}/{i:02d}"]
+
+
+def test_the_sweep_manifest_survives_the_heredoc_it_is_written_by():
+    text = 'a $HOME `date` \\n "quoted" \\\\ $(echo x) end'
+    script = f"cat <<EOF\n{renderer().heredoc_text(text)}\nEOF\n"
+    assert subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout == text + "\n"
+
+
+def test_a_bad_sweep_value_is_one_line_before_anything_is_written():
+    out = REPO / "build" / "cluster" / f"{PROJECTS[0]}-1x1-sweep"
+    shutil.rmtree(out, ignore_errors=True)
+    result = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", f"REGISTRY={REGISTRY}", "SWEEP=--seed 1,2 --lr 1e-3,abc",
+                 check=False)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: SWEEP/ARGS: argument --lr: 'abc' is not a number" in result.stderr and not out.exists()
 
 
 def test_cluster_files_need_a_registry():

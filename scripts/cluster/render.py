@@ -5,11 +5,15 @@
 Both run the same image and the same train.py with the same flags under torchrun: Slurm meets the nodes
 with the c10d rendezvous at the first node, Kubernetes with the master address the training operator sets.
 An image that `make push` recorded (--pushed) is pinned by its digest.
+
+With --sweep "--seed 1,2,3 --lr 1e-3,3e-4" (make cluster-files SWEEP=...) the Slurm script is one job array, a task
+per combination, each an ordinary run that requeues itself; the PyTorchJob file holds one job per combination.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import string
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from eurosat import manifest
+from eurosat import manifest, sweep
 from eurosat.cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from eurosat.errors import UserError
 
@@ -72,8 +76,45 @@ def train_arguments(project: str, nodes: int, gpus: int, extra: str) -> list[str
     return [*manifest.load(project).layout(nodes, gpus), *shlex.split(extra)]
 
 
-def slurm_script(args, train_args: list[str], name: str) -> str:
+def heredoc_text(text: str) -> str:
+    """`text` as an unquoted heredoc reproduces it (where $, ` and \\ are special)."""
+    return text.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+
+
+def sweep_task(args, combos: list[list[str]]) -> str:
+    """The array task's part of the script: its run directory, its combination's flags, the sweep's manifest."""
+    runs = [{"index": i, "flags": combo, "run_dir": f"@SWEEP_DIR@/{i:02d}"} for i, combo in enumerate(combos)]
+    record = {"project": args.project, "sweep": args.sweep, "args": shlex.split(args.args), "slurm_array_job": "@ARRAY_JOB@"}
+    fields = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in record.items()]  # a line each, a run a line
+    fields.append('  "runs": [\n' + ",\n".join(f"    {json.dumps(run)}" for run in runs) + "\n  ]")
+    text = "{\n" + ",\n".join(fields) + "\n}"
+    text = heredoc_text(text).replace("@ARRAY_JOB@", "$SLURM_ARRAY_JOB_ID").replace("@SWEEP_DIR@", "$SWEEP_DIR")
+    template = string.Template((HERE / "sweep-task.sbatch.in").read_text().rstrip("\n"))  # the script's next line follows
+    return template.substitute(
+        PROJECT=args.project,
+        JOB_NAME=args.job_name,
+        CASES="\n".join(f'  {i}) set -- {shlex.join(combo)} "$@" ;;' for i, combo in enumerate(combos)),
+        COUNT=len(combos),
+        LAST=len(combos) - 1,
+        MANIFEST=text,
+    )
+
+
+ONE_RUN = """# Named from the job, which keeps its id when requeued: every start of the job trains the same run (relative to
+# the checkout)
+RUN_DIR=${RUN_DIR:-runs/%s/%s-$SLURM_JOB_ID}"""
+
+
+def slurm_script(args, train_args: list[str], name: str, combos: list[list[str]]) -> str:
     template = string.Template((HERE / "slurm.sbatch.in").read_text())
+    if combos:
+        run_lines = (f"# A sweep ({args.sweep}) as one job array: task i trains combination i of {len(combos)} in\n"
+                     f"# runs/{args.project}/{args.job_name}-<array job id>/<i> (SWEEP_DIR/<i>: SWEEP_DIR may be set at submit),"
+                     " listed in sweep.json\n# there. Each task is a job of its own.")  # fmt: skip
+        again = f"SWEEP_DIR=$SWEEP_DIR sbatch --array=$SLURM_ARRAY_TASK_ID {name}"
+    else:
+        run_lines = f"# The run lives in runs/{args.project}/{args.job_name}-<job id> (or RUN_DIR, set at submit)."
+        again = f"RUN_DIR=$RUN_DIR sbatch {name}"
     return template.substitute(
         PROJECT=args.project,
         NODES=args.nodes,
@@ -86,15 +127,20 @@ def slurm_script(args, train_args: list[str], name: str) -> str:
         TRAIN_ARGS=shlex.join(train_args),
         OUT_NAME=name,
         MAX_REQUEUES=args.max_requeues,
+        RUN_LINES=run_lines,
+        CONTINUE=again,
+        OUTPUT="%x-%A_%a.out" if combos else "%x-%j.out",
+        ARRAY_DIRECTIVE=f"\n#SBATCH --array=0-{len(combos) - 1}" if combos else "",
+        RUN_DIR_BLOCK=sweep_task(args, combos) if combos else ONE_RUN % (args.project, args.job_name),
     )
 
 
-def pytorchjob(args, train_args: list[str]) -> dict:
+def pytorchjob(args, train_args: list[str], name: str, run_dir: str) -> dict:
     launch = [
         "--nnodes", str(args.nodes), "--nproc_per_node", str(args.gpus),
         "--node_rank", "$(RANK)", "--master_addr", "$(MASTER_ADDR)", "--master_port", "$(MASTER_PORT)",
         f"projects/{args.project}/train.py", "train", "--data", "/data", *train_args,
-        "--run-dir", f"runs/{args.project}/{args.job_name}",  # a restarted pod continues the run from its last.ckpt
+        "--run-dir", run_dir,  # a restarted pod continues the run from its last.ckpt
     ]  # fmt: skip
     volume = "workspace"  # a claim holding repo/ (a checkout), data/, runs/, cache/ and models/
 
@@ -144,7 +190,7 @@ def pytorchjob(args, train_args: list[str]) -> dict:
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": {"name": args.job_name, "labels": {"app.kubernetes.io/name": "eurosat", "eurosat/project": args.project}},
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "eurosat", "eurosat/project": args.project}},
         "spec": {"runPolicy": {"cleanPodPolicy": "None", "backoffLimit": args.max_requeues}, "pytorchReplicaSpecs": replicas},
     }
 
@@ -157,6 +203,7 @@ def main(argv=None) -> None:
     parser.add_argument("--image", required=True, help="the image in a registry the cluster can pull from")
     parser.add_argument("--pushed", type=Path, help="`make push`'s record of digests (build/pushed-images.txt)")
     parser.add_argument("--args", default="", help="training flags, as one string")
+    parser.add_argument("--sweep", default="", help='flags with comma-separated values ("--seed 1,2,3"): one job array')
     parser.add_argument("--job-name", help="default: PROJECT")
     parser.add_argument("--cpus-per-node", type=positive_int, default=16)
     parser.add_argument("--time-limit", default="04:00:00", help="Slurm --time")
@@ -173,15 +220,23 @@ def main(argv=None) -> None:
     enroot_reference(args.image)  # a reference no runtime can read is one line before anything is written
     args.job_name = args.job_name or args.project
     train_args = train_arguments(args.project, args.nodes, args.gpus, args.args)
-    out = args.out / f"{args.project}-{args.nodes}x{args.gpus}"
+    combos = sweep.combinations(sweep.parse_grid(args.sweep)) if args.sweep else []
+    if combos:
+        sweep.check(args.project, train_args, combos)  # a bad value is one line before anything is written
+    out = args.out / f"{args.project}-{args.nodes}x{args.gpus}{'-sweep' if combos else ''}"
     out.mkdir(parents=True, exist_ok=True)
     slurm, job = out / "slurm.sbatch", out / "pytorchjob.yaml"
-    slurm.write_text(slurm_script(args, train_args, slurm))
+    slurm.write_text(slurm_script(args, train_args, slurm, combos))
     slurm.chmod(0o755)
-    job.write_text(yaml.safe_dump(pytorchjob(args, train_args), sort_keys=False))
+    jobs = [pytorchjob(args, train_args, args.job_name, f"runs/{args.project}/{args.job_name}")] if not combos else [
+        pytorchjob(args, [*train_args, *combo], f"{args.job_name}-{i:02d}", f"runs/{args.project}/{args.job_name}/{i:02d}")
+        for i, combo in enumerate(combos)
+    ]  # fmt: skip
+    job.write_text(yaml.safe_dump_all(jobs, sort_keys=False))
     pinned = "by digest" if "@sha256:" in args.image else "by tag (no digest recorded by `make push` for it)"
     print(f"image {args.image}: pinned {pinned}")
-    print(f"wrote {slurm} (sbatch {slurm}) and {job} (kubectl apply -f {job})")
+    what = f"one job array of {len(combos)} tasks and {len(combos)} PyTorchJobs, a combination each: " if combos else ""
+    print(f"wrote {what}{slurm} (sbatch {slurm}) and {job} (kubectl apply -f {job})")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,30 @@ stops on a signal requeues itself and its next start continues the run (runs/<pr
 
 The cluster works on a copy of the repository (its shared storage), so runs and job output stay out of this one."""
 
+import csv
 import json
+import os
 import re
 import shlex
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
+import torch
 from engine import docker, make_settings
-from helpers import PACED, PROJECTS, copy_repository, make_in_clone, read_metrics, run_project, single_run_dir, without_timings
+from helpers import (
+    PACED,
+    PROJECTS,
+    assert_same_weights,
+    copy_repository,
+    make_in_clone,
+    read_metrics,
+    run_project,
+    single_run_dir,
+    weights,
+    without_timings,
+)
 
 pytestmark = pytest.mark.xdist_group("slurm")  # make test-images runs it beside the other modules
 # 432 training images at a global batch of 16 (8 per node); a checkpoint every 4 steps, to stop mid-epoch.
@@ -45,12 +60,12 @@ def on_controller(repo, *command, check=True):
     return make_in(repo, "slurm-shell", f"CMD={shlex.join(command)}", check=check)
 
 
-def submit(repo, project, *train_flags, wait=True, env=()):
+def submit(repo, project, *train_flags, wait=True, env=(), script=None, options=()):
     """sbatch the rendered script (CONTAINER_RUNTIME=none: the nodes carry the image); returns the job id. The two
     nodes share this machine's cores: one thread each (torch would start one per core on both, and wait on them)."""
-    script = f"build/cluster/{project}-2x1/slurm.sbatch"
+    script = script or f"build/cluster/{project}-2x1/slurm.sbatch"
     result = on_controller(repo, "env", "CONTAINER_RUNTIME=none", "OMP_NUM_THREADS=1", *env, "sbatch",
-                           *(["--wait"] if wait else []), script, *train_flags, check=False)  # fmt: skip
+                           *(["--wait"] if wait else []), *options, script, *train_flags, check=False)  # fmt: skip
     job = re.search(r"Submitted batch job (\d+)", result.stdout)
     assert job, result.stdout + result.stderr
     return job[1], result.returncode
@@ -112,6 +127,13 @@ def uninterrupted(cluster):
     return runs
 
 
+def assert_close_weights(first, second) -> None:
+    """The same network to float32 rounding (two ranks sum their gradients in either order)."""
+    a, b = weights(first), weights(second)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-5, atol=1e-6) for k in a)
+
+
 def test_the_cluster_has_two_idle_nodes_with_the_projects_environment(cluster):
     nodes = on_controller(cluster, "sinfo", "--noheader", "--Node", "--format", "%N %t %c %G").stdout.split("\n")
     assert sorted(filter(None, nodes)) == ["node1 idle 16 gpu:1", "node2 idle 16 gpu:1"]
@@ -155,6 +177,7 @@ def test_sigterm_to_the_batch_shell_checkpoints_requeues_and_the_next_start_fini
     assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1" and "[rank" not in output
     whole = without_timings(read_metrics(uninterrupted[project]))  # equal up to float32 summation order
     assert without_timings(read_metrics(run_dir)) == [pytest.approx(record, rel=1e-6) for record in whole]
+    assert_close_weights(run_dir / "last.ckpt", uninterrupted[project] / "last.ckpt")
 
 
 def test_scontrol_requeue_by_hand_continues_the_run_and_a_bad_flag_or_the_limit_ends_the_job(cluster, uninterrupted):
@@ -201,3 +224,87 @@ def test_a_killed_node_requeues_the_job_in_bounded_time(cluster, uninterrupted):
     on_controller(cluster, "scancel", job)
     wait_until(lambda: "node2 idle" in on_controller(cluster, "sinfo", "-N", "-h", "-o", "%N %t").stdout, 180,
                "node2 to rejoin")  # fmt: skip
+
+
+# Slurm signals a task with --time=2 --signal=TERM@60 30 to 60 s after it starts (due 60 s before the limit; Slurm
+# checks limits every 30 s and signals up to 30 s early). Four epochs take a task about 90 s beside the other seven
+# trainings on this machine's two cores, so every first start is signalled mid-run.
+SWEPT = f"--device cpu --epochs 4 {' '.join(PACED)} --deterministic --checkpoint-every 4"
+
+
+def array_tasks(repo, array: str) -> dict[str, dict[str, str]]:
+    """<array>_<task> -> its scontrol record, for the tasks Slurm still keeps (a finished one for MinJobAge)."""
+    lines = on_controller(repo, "scontrol", "--oneliner", "show", "job", array, check=False).stdout.splitlines()
+    records = [dict(re.findall(r"(\w+)=(\S+)", line)) for line in lines]
+    return {f"{array}_{r['ArrayTaskId']}": r for r in records if r.get("ArrayTaskId", "").isdigit()}
+
+
+def run_arrays_to_the_end(repo, arrays: list[str], tasks: int, timeout: float) -> dict[str, list[tuple]]:
+    """Polls the arrays' tasks until each has ended, starting a requeued one at once; returns each task's timeline,
+    (seconds since the first poll, state, restarts) at every change."""
+    timelines: dict[str, list[tuple]] = {}
+    started = time.monotonic()
+    while True:
+        for array in arrays:
+            for task, record in array_tasks(repo, array).items():
+                now = (record["JobState"], int(record["Restarts"]))
+                if not timelines.get(task) or timelines[task][-1][1:] != now:
+                    timelines.setdefault(task, []).append((round(time.monotonic() - started), *now))
+                if now[0] == "PENDING" and now[1]:  # held about two minutes after a requeue (start_requeued_now)
+                    on_controller(repo, "scontrol", "update", f"JobId={task}", "StartTime=now", check=False)
+        states = [timeline[-1][1] for timeline in timelines.values()]
+        if len(states) == tasks and not {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "CONFIGURING"} & set(states):
+            return timelines
+        assert time.monotonic() - started < timeout, f"timed out waiting for the arrays: {timelines}"
+        time.sleep(1)
+
+
+def test_a_sweep_is_one_job_array_whose_tasks_slurm_s_time_limit_stops_requeue_and_finish(cluster, sample_dir, tmp_path):
+    """Both projects' sweeps over two seeds, each one job array of one-node tasks under a two-minute limit: Slurm
+    signals each task before its limit, the task checkpoints and requeues itself alone, its next start continues,
+    and each run ends with the metrics and weights of an uninterrupted run of its combination; make summary then
+    averages each sweep. The four tasks share the two nodes (no GPU asked) beside the four local references."""
+    arrays = {}
+    for project in PROJECTS:
+        make_in(cluster, "cluster-files", f"PROJECT={project}", "NODES=1", "REGISTRY=registry.example.org/team",
+                f"ARGS={SWEPT}", "SWEEP=--seed 1,2")  # fmt: skip
+        script = f"build/cluster/{project}-1x1-sweep/slurm.sbatch"
+        limits = ["--time=2", "--signal=TERM@60", "--gpus-per-node=0", "--cpus-per-task=8"]
+        arrays[project], _ = submit(cluster, project, wait=False, script=script, options=limits)
+
+    def reference(project_seed):
+        project, seed = project_seed
+        out = tmp_path / f"{project}-{seed}"
+        run_project(project, "train", "--data", sample_dir, *SWEPT.split(), "--seed", seed, "--run-dir", out,
+                    env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)  # fmt: skip
+        return out
+
+    combinations = [(project, seed) for project in PROJECTS for seed in ("1", "2")]
+    with ThreadPoolExecutor(4) as pool:
+        pending = pool.map(reference, combinations)  # beside the arrays
+        timelines = run_arrays_to_the_end(cluster, list(arrays.values()), 4, timeout=900)
+        references = dict(zip(combinations, pending, strict=True))
+    print(f"\ntask timelines (seconds, state, requeues): {json.dumps(timelines)}")
+
+    for project, array in arrays.items():
+        sweep_dir = cluster / "runs" / project / f"{project}-{array}"
+        record = json.loads((sweep_dir / "sweep.json").read_text())
+        assert record["slurm_array_job"] == array
+        assert [run["flags"] for run in record["runs"]] == [["--seed", "1"], ["--seed", "2"]]
+        for index, seed in enumerate(("1", "2")):
+            task, run_dir = f"{array}_{index}", cluster / record["runs"][index]["run_dir"]
+            output = (cluster / f"{project}-{task}.out").read_text()
+            state, requeues = timelines[task][-1][1:]
+            assert state == "COMPLETED", output[-3000:]
+            assert requeues >= 1, f"{task} finished before Slurm's signal: it was not requeued ({timelines[task]})"
+            assert "stopped by SIGTERM at " in output and f"requeue: training stopped (exit 143): job {task} goes back" in output
+            assert json.loads((run_dir / "config.json").read_text())["seed"] == int(seed)
+            whole = without_timings(read_metrics(references[(project, seed)]))
+            assert without_timings(read_metrics(run_dir)) == [pytest.approx(epoch, rel=1e-6) for epoch in whole]
+            assert_same_weights(run_dir / "last.ckpt", references[(project, seed)] / "last.ckpt")
+
+        make_in(cluster, "summary", f"RUNS=runs/{project}/{project}-{array}")
+        print((sweep_dir / "summary.md").read_text())
+        (row,) = csv.DictReader((sweep_dir / "summary.csv").open())  # one setting, its two seeds
+        finals = [read_metrics(references[(project, seed)])[-1]["val_acc"] for seed in ("1", "2")]
+        assert row["runs"] == "2" and row["seeds"] == "1,2" and float(row["final_val_acc_mean"]) == pytest.approx(sum(finals) / 2)
