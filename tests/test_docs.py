@@ -97,6 +97,11 @@ def test_make_docs_builds_the_site_strictly_and_a_broken_link_fails_it(tmp_path)
     clone = copy_repository(tmp_path / "repo")
     make_in_clone(clone, "docs")
     assert (clone / "site" / "index.html").is_file() and (clone / "site" / "troubleshooting" / "index.html").is_file()
+    # Python-Markdown nests a list only under 4 spaces and starts one only after a blank line: a list written
+    # otherwise shows up as text with dashes in it
+    for html in (clone / "site").glob("*/index.html"):
+        text = re.sub(r"<pre.*?</pre>", "", html.read_text().split("<body", 1)[1], flags=re.S)
+        assert not re.search(r"\n\s*- [A-Za-z<*`]", text), f"{html.parent.name}: a list rendered as text"
     page = clone / "docs" / "training.md"
     page.write_text(page.read_text() + "\nSee [the missing page](missing.md).\n")
     result = make_in_clone(clone, "docs", check=False)
