@@ -180,7 +180,7 @@ def test_sigterm_to_the_batch_shell_checkpoints_requeues_and_the_next_start_fini
     assert_close_weights(run_dir / "last.ckpt", uninterrupted[project] / "last.ckpt")
 
 
-def test_scontrol_requeue_by_hand_continues_the_run_and_a_bad_flag_or_the_limit_ends_the_job(cluster, uninterrupted):
+def test_scontrol_requeue_by_hand_continues_the_run_and_the_limit_ends_the_job(cluster, uninterrupted):
     project = PROJECTS[0]
     job, _ = submit(cluster, project, wait=False)
     run_dir = job_run_dir(cluster, project, job)
@@ -192,10 +192,6 @@ def test_scontrol_requeue_by_hand_continues_the_run_and_a_bad_flag_or_the_limit_
     whole = without_timings(read_metrics(uninterrupted[project]))
     assert without_timings(read_metrics(run_dir)) == [pytest.approx(record, rel=1e-6) for record in whole]
 
-    bad, status = submit(cluster, project, "--lr", "abc")  # exit 2: not requeued
-    assert status != 0 and job_record(cluster, bad)["Restarts"] == "0" and job_state(cluster, bad) == "FAILED"
-    assert "'abc' is not a number" in job_output(cluster, project, bad) and "requeue" not in job_output(cluster, project, bad)
-
     limited, _ = submit(cluster, project, wait=False, env=["MAX_REQUEUES=0"])
     wait_until(lambda: (job_run_dir(cluster, project, limited) / "last.ckpt").exists(), 300, "the first checkpoint")
     on_controller(cluster, "scancel", "--signal=TERM", "--batch", limited)
@@ -203,6 +199,13 @@ def test_scontrol_requeue_by_hand_continues_the_run_and_a_bad_flag_or_the_limit_
     output = job_output(cluster, project, limited)
     assert f"requeue: not requeued: job {limited} was requeued 0 time(s), MAX_REQUEUES=0" in output
     assert job_record(cluster, limited)["Restarts"] == "0" and job_state(cluster, limited) == "FAILED"
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_a_bad_flag_ends_the_job_without_a_requeue(cluster, project):
+    bad, status = submit(cluster, project, "--lr", "abc")  # exit 2 on both nodes
+    assert status != 0 and job_record(cluster, bad)["Restarts"] == "0" and job_state(cluster, bad) == "FAILED"
+    assert "'abc' is not a number" in job_output(cluster, project, bad) and "requeue" not in job_output(cluster, project, bad)
 
 
 def test_a_killed_node_requeues_the_job_in_bounded_time(cluster, uninterrupted):
