@@ -62,9 +62,12 @@ def on_controller(repo, *command, check=True):
 
 def submit(repo, project, *train_flags, wait=True, env=(), script=None, options=()):
     """sbatch the rendered script (CONTAINER_RUNTIME=none: the nodes carry the image); returns the job id. The two
-    nodes share this machine's cores: one thread each (torch would start one per core on both, and wait on them)."""
+    nodes share this machine's cores: one thread each (torch would start one per core on both, and wait on them).
+    The jobs use the CPU kernels this process's trainings use (ATEN_CPU_CAPABILITY, when set), so that a run there
+    equals a run here."""
     script = script or f"build/cluster/{project}-2x1/slurm.sbatch"
-    result = on_controller(repo, "env", "CONTAINER_RUNTIME=none", "OMP_NUM_THREADS=1", *env, "sbatch",
+    kernels = [f"ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']}"] if "ATEN_CPU_CAPABILITY" in os.environ else []
+    result = on_controller(repo, "env", "CONTAINER_RUNTIME=none", "OMP_NUM_THREADS=1", *kernels, *env, "sbatch",
                            *(["--wait"] if wait else []), *options, script, *train_flags, check=False)  # fmt: skip
     job = re.search(r"Submitted batch job (\d+)", result.stdout)
     assert job, result.stdout + result.stderr
@@ -229,10 +232,10 @@ def test_a_killed_node_requeues_the_job_in_bounded_time(cluster, uninterrupted):
                "node2 to rejoin")  # fmt: skip
 
 
-# Slurm signals a task with --time=2 --signal=TERM@60 30 to 60 s after it starts (due 60 s before the limit; Slurm
-# checks limits every 30 s and signals up to 30 s early). Four epochs take a task about 90 s beside the other seven
-# trainings on this machine's two cores, so every first start is signalled mid-run.
-SWEPT = f"--device cpu --epochs 4 {' '.join(PACED)} --deterministic --checkpoint-every 4"
+# Slurm signals a task's first start within a minute of its first checkpoint (run_arrays_to_the_end); beside the other
+# seven trainings on two cores an epoch takes a task 8 to 15 s, so twelve epochs keep it training well past that.
+SWEPT = f"--device cpu --epochs 12 {' '.join(PACED)} --deterministic --checkpoint-every 4"
+LONG_LIMIT = 10  # minutes: a task's limit until it trains, and after its requeue
 
 
 def array_tasks(repo, array: str) -> dict[str, dict[str, str]]:
@@ -242,10 +245,21 @@ def array_tasks(repo, array: str) -> dict[str, dict[str, str]]:
     return {f"{array}_{r['ArrayTaskId']}": r for r in records if r.get("ArrayTaskId", "").isdigit()}
 
 
-def run_arrays_to_the_end(repo, arrays: list[str], tasks: int, timeout: float) -> dict[str, list[tuple]]:
-    """Polls the arrays' tasks until each has ended, starting a requeued one at once; returns each task's timeline,
-    (seconds since the first poll, state, restarts) at every change."""
+def slurm_seconds(duration: str) -> int:
+    """Slurm's [days-]hours:minutes:seconds (RunTime) in seconds."""
+    days, _, clock = duration.rpartition("-")
+    hours, minutes, seconds = (int(part) for part in clock.split(":"))
+    return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def run_arrays_to_the_end(repo, arrays: list[str], tasks: int, timeout: float, trains) -> dict[str, list[tuple]]:
+    """Polls the arrays' tasks until each has ended; returns each task's timeline, (seconds since the first poll,
+    state, restarts) at every change. A first start gets its time limit once it trains (trains(task): it wrote a
+    checkpoint), 60 to 120 s ahead: with --signal=TERM@60, Slurm, which checks limits every 30 s and signals up to
+    30 s early, signals it within a minute while it trains, however long its start-up took on this CPU. A requeued
+    task gets its long limit back and starts at once (Slurm would hold it about two minutes)."""
     timelines: dict[str, list[tuple]] = {}
+    limited = set()
     started = time.monotonic()
     while True:
         for array in arrays:
@@ -253,8 +267,14 @@ def run_arrays_to_the_end(repo, arrays: list[str], tasks: int, timeout: float) -
                 now = (record["JobState"], int(record["Restarts"]))
                 if not timelines.get(task) or timelines[task][-1][1:] != now:
                     timelines.setdefault(task, []).append((round(time.monotonic() - started), *now))
-                if now[0] == "PENDING" and now[1]:  # held about two minutes after a requeue (start_requeued_now)
-                    on_controller(repo, "scontrol", "update", f"JobId={task}", "StartTime=now", check=False)
+                if now == ("RUNNING", 0) and task not in limited and trains(task):
+                    minutes = (slurm_seconds(record["RunTime"]) + 119) // 60
+                    on_controller(repo, "scontrol", "update", f"JobId={task}", f"TimeLimit={minutes}")
+                    limited.add(task)
+                    print(f"{task}: time limit {minutes} min at {round(time.monotonic() - started)} s, after {record['RunTime']}")
+                if now[0] == "PENDING" and now[1]:
+                    on_controller(repo, "scontrol", "update", f"JobId={task}", "StartTime=now", f"TimeLimit={LONG_LIMIT}",
+                                  check=False)  # fmt: skip
         states = [timeline[-1][1] for timeline in timelines.values()]
         if len(states) == tasks and not {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "CONFIGURING"} & set(states):
             return timelines
@@ -263,17 +283,24 @@ def run_arrays_to_the_end(repo, arrays: list[str], tasks: int, timeout: float) -
 
 
 def test_a_sweep_is_one_job_array_whose_tasks_slurm_s_time_limit_stops_requeue_and_finish(cluster, sample_dir, tmp_path):
-    """Both projects' sweeps over two seeds, each one job array of one-node tasks under a two-minute limit: Slurm
-    signals each task before its limit, the task checkpoints and requeues itself alone, its next start continues,
-    and each run ends with the metrics and weights of an uninterrupted run of its combination; make summary then
-    averages each sweep. The four tasks share the two nodes (no GPU asked) beside the four local references."""
+    """Both projects' sweeps over two seeds, each one job array of one-node tasks whose time limit falls a minute or
+    two after their first checkpoint: Slurm signals each task before its limit, the task checkpoints and requeues
+    itself alone, its next start continues, and each run ends with the metrics and weights of an uninterrupted run
+    of its combination; make summary then averages each sweep. The four tasks share the two nodes (no GPU asked)
+    beside the four local references."""
     arrays = {}
     for project in PROJECTS:
         make_in(cluster, "cluster-files", f"PROJECT={project}", "NODES=1", "REGISTRY=registry.example.org/team",
                 f"ARGS={SWEPT}", "SWEEP=--seed 1,2")  # fmt: skip
         script = f"build/cluster/{project}-1x1-sweep/slurm.sbatch"
-        limits = ["--time=2", "--signal=TERM@60", "--gpus-per-node=0", "--cpus-per-task=8"]
+        limits = [f"--time={LONG_LIMIT}", "--signal=TERM@60", "--gpus-per-node=0", "--cpus-per-task=8"]
         arrays[project], _ = submit(cluster, project, wait=False, script=script, options=limits)
+    project_of = {array: project for project, array in arrays.items()}
+
+    def trains(task: str) -> bool:
+        array, index = task.split("_")
+        project = project_of[array]
+        return (cluster / "runs" / project / f"{project}-{array}" / f"{int(index):02d}" / "last.ckpt").exists()
 
     def reference(project_seed):
         project, seed = project_seed
@@ -285,7 +312,7 @@ def test_a_sweep_is_one_job_array_whose_tasks_slurm_s_time_limit_stops_requeue_a
     combinations = [(project, seed) for project in PROJECTS for seed in ("1", "2")]
     with ThreadPoolExecutor(4) as pool:
         pending = pool.map(reference, combinations)  # beside the arrays
-        timelines = run_arrays_to_the_end(cluster, list(arrays.values()), 4, timeout=900)
+        timelines = run_arrays_to_the_end(cluster, list(arrays.values()), 4, timeout=900, trains=trains)
         references = dict(zip(combinations, pending, strict=True))
     print(f"\ntask timelines (seconds, state, requeues): {json.dumps(timelines)}")
 
