@@ -4,6 +4,7 @@ machine launched the way its manifest says (torchrun, or the framework's own lau
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -123,6 +124,31 @@ def test_a_lost_peer_ends_the_run_with_one_line(project, sample_dir, tmp_path):
     lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert lines and lines[0].startswith("error: lost another training process (a node or rank stopped): "), stderr[-3000:]
     assert f"continue from the last checkpoint with --resume {single_run_dir(tmp_path)}" in lines[0]
+
+
+# Lightning's launcher, as it runs in rank 0 with one rank it started: that rank ends with status 3 at once
+WATCHED = """
+import subprocess, sys, time
+from pathlib import Path
+from lightning_fabric.strategies.launchers import subprocess_script
+from eurosat.lifecycle import Run
+from eurosat.lightning_run import report_lost_ranks
+
+report_lost_ranks(Run("eurosat-lightning", {}, None, None, Path(sys.argv[1])))
+subprocess_script._launch_process_observer([subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])])
+time.sleep(60)
+"""
+
+
+def test_lightnings_watch_over_its_ranks_says_the_lost_peer_line_before_it_kills_rank_0(tmp_path):
+    """Lightning's launcher SIGKILLs rank 0 within 5 s of another rank's death, often before a collective fails in
+    rank 0: the line comes from its watch then, once, and names the rank and the run directory."""
+    result = run(sys.executable, "-c", WATCHED, tmp_path, check=False, timeout=60)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    expected = r"error: lost another training process \(a node or rank stopped\): rank 1 \(PID \d+\) ended by exit status 3; "
+    expected += f"continue from the last checkpoint with --resume {re.escape(str(tmp_path))}"
+    assert len(lines) == 1 and re.fullmatch(expected, lines[0]), result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("project", PROJECTS)

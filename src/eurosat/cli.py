@@ -166,7 +166,7 @@ def run_cli(main, argv=None) -> None:
         main(argv)
     except UserError as exc:
         if is_main_process():
-            print(f"error: {exc}", file=sys.stderr)
+            exc.report()
         sys.exit(exc.exit_status)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,7 +1,17 @@
+import sys
+
+
 class UserError(Exception):
     """Bad input from the user: reported as one line and exit status 2, never a traceback."""
 
     exit_status = 2
+    reported = False
+
+    def report(self) -> None:
+        """Its one line on stderr, once (a lost peer may be reported before it is raised)."""
+        if not self.reported:
+            self.reported = True
+            print(f"error: {self}", file=sys.stderr, flush=True)
 
 
 class LostPeer(UserError):

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,6 +144,8 @@ class Run:
         self.history: list[dict] = list(checkpoint["history"]) if checkpoint else []
         self.best_val_matrix = checkpoint.get("best_val_matrix") if checkpoint else None  # older checkpoints: none
         self.stop = StopRequest()
+        self.lost: LostPeer | None = None
+        self.reporting = threading.Lock()
         self.is_main = False
         self.writer = None
         self.tracker: MlflowTracker | None = None
@@ -286,6 +289,20 @@ class Run:
                 f"scaler (--precision); {kept}"
             ) from None
 
+    def lost_peer(self, reason: str) -> LostPeer:
+        """The error for another training process's loss, its line printed at once by the main process and only
+        once: Lightning's launcher, which SIGKILLs the main process within 5 s of a rank's death, may report it
+        first, from its own thread (eurosat.lightning_run)."""
+        with self.reporting:
+            if self.lost is None:
+                self.lost = LostPeer(
+                    f"lost another training process (a node or rank stopped): {reason[:200]}; "
+                    f"continue from the last checkpoint with --resume {self.directory or 'runs/<project>/<run-id>'}"
+                )
+                if is_main_process():
+                    self.lost.report()
+        return self.lost
+
     def stopped(self, where: str) -> Stopped:
         """(Every rank stops; only the main one, which knows the directory, prints the message.)"""
         name = signal.Signals(self.stop.signum).name
@@ -372,11 +389,7 @@ def train(experiment: Experiment, args) -> list[dict]:
     except RuntimeError as exc:  # gloo and NCCL raise RuntimeError (or its DistError subclasses) when a peer is gone
         if run.config.get("world_size", 1) == 1 or not (isinstance(exc, dist.DistError) or PEER_LOST.search(str(exc))):
             raise
-        first_line = str(exc).strip().splitlines()[0]
-        raise LostPeer(
-            f"lost another training process (a node or rank stopped): {first_line[:200]}; "
-            f"continue from the last checkpoint with --resume {run.directory or 'runs/<project>/<run-id>'}"
-        ) from None
+        raise run.lost_peer(str(exc).strip().splitlines()[0]) from None
     finally:
         run.stop.release()
         run.end_tracking(status)

@@ -12,11 +12,13 @@ images' scale in `hparams.scale` (for BatchNorm's recomputed statistics, eurosat
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+from lightning_fabric.strategies.launchers import subprocess_script
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torchmetrics import Metric
 
@@ -40,6 +42,21 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_WithoutAdv
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
+def report_lost_ranks(run: Run) -> None:
+    """Lightning's launcher watches the ranks it starts (`--strategy ddp` on one machine) and SIGKILLs this process,
+    rank 0, within 5 s of another's death, often before a collective fails here: its watch now says the lifecycle's
+    line for a lost peer first."""
+
+    class Watch(subprocess_script._ChildProcessObserver):
+        def _terminate_all(self) -> None:
+            rank, dead = next((rank, proc) for rank, proc in enumerate(self._child_processes, 1) if proc.returncode)
+            how = f"signal {-dead.returncode}" if dead.returncode < 0 else f"exit status {dead.returncode}"
+            run.lost_peer(f"rank {rank} (PID {dead.pid}) ended by {how}")
+            super()._terminate_all()
+
+    subprocess_script._launch_process_observer = lambda procs: Watch(child_processes=procs, main_pid=os.getpid()).start()
+
+
 class RunCheckpointIO(TorchCheckpointIO):
     """Checkpoints go to a temporary file first, so a crash never leaves a half-written last.ckpt; they are read
     the lifecycle's way (they hold RNG states, which torch.load's weights_only refuses)."""
@@ -54,6 +71,7 @@ class RunCheckpointIO(TorchCheckpointIO):
 class RunCallback(pl.Callback):
     def __init__(self, run: Run):
         self.run = run
+        report_lost_ranks(run)
         # ranks other than 0 never write, but Trainer.save_checkpoint must be called on all of them with a path
         self.folder = run.directory or Path(run.config["out"])
         self.start = time.perf_counter()
