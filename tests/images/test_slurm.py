@@ -300,7 +300,7 @@ def test_a_sweep_is_one_job_array_whose_tasks_slurm_s_time_limit_stops_requeue_a
     def trains(task: str) -> bool:
         array, index = task.split("_")
         project = project_of[array]
-        return (cluster / "runs" / project / f"{project}-{array}" / f"{int(index):02d}" / "last.ckpt").exists()
+        return (job_run_dir(cluster, project, array) / f"{int(index):02d}" / "last.ckpt").exists()
 
     def reference(project_seed):
         project, seed = project_seed
@@ -317,7 +317,7 @@ def test_a_sweep_is_one_job_array_whose_tasks_slurm_s_time_limit_stops_requeue_a
     print(f"\ntask timelines (seconds, state, requeues): {json.dumps(timelines)}")
 
     for project, array in arrays.items():
-        sweep_dir = cluster / "runs" / project / f"{project}-{array}"
+        sweep_dir = job_run_dir(cluster, project, array)
         record = json.loads((sweep_dir / "sweep.json").read_text())
         assert record["slurm_array_job"] == array
         assert [run["flags"] for run in record["runs"]] == [["--seed", "1"], ["--seed", "2"]]
