@@ -1,5 +1,6 @@
 """Where a run's start-up goes, phase by phase, from process start to a model ready on the device: the calls
-train.py makes before its first step, each timed, in a fresh process (so that the imports are counted too).
+train.py makes before its first step, each timed, in a fresh process (so that the imports are counted too), and
+then that process's exit.
 
     python bench/startup.py --data data/eurosat [--device auto] [--model tf_efficientnet_b5] [--out FILE.json]
 
@@ -13,6 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,20 +85,26 @@ def main(argv=None) -> None:
         parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
         args = parser.parse_args(argv)
         if args.child:
-            print(json.dumps(profile(args.data, args.model, args.device, args.cache_dir)))
+            print(json.dumps(profile(args.data, args.model, args.device, args.cache_dir)), flush=True)
             return
         from eurosat.cache import prepare
 
         prepare(args.data, "rgb", args.cache_dir, progress=False)  # a missing cache is built here, outside the profile
         child = [sys.executable, __file__, "--child", "--data", args.data, "--device", args.device, "--model", args.model]
         child += ["--cache-dir", args.cache_dir] if args.cache_dir else []
-        done = subprocess.run([str(c) for c in child], capture_output=True, text=True, check=True)
-        phases = json.loads(done.stdout.strip().splitlines()[-1])
+        with subprocess.Popen([str(c) for c in child], stdout=subprocess.PIPE, text=True) as process:
+            phases = json.loads(process.stdout.readline())
+            printed = time.perf_counter()
+            process.wait()
+            exit_s = time.perf_counter() - printed  # what every run pays after its last line, too
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, child)
         for name, seconds in phases:
             print(f"{seconds:7.2f} s  {name}")
         print(f"{sum(s for _, s in phases):7.2f} s  in all, from process start")
+        print(f"{exit_s:7.2f} s  then the process's exit, after its last line")
         if args.out:
-            args.out.write_text(json.dumps({"model": args.model, "phases": phases}, indent=2) + "\n")
+            args.out.write_text(json.dumps({"model": args.model, "phases": phases, "exit_s": exit_s}, indent=2) + "\n")
 
     run_cli(command, argv)
 

@@ -15,6 +15,7 @@ from helpers import PROJECTS, REPO, run, script_module
 from kubeflow.training import models as kubeflow_models
 
 from eurosat import manifest
+from eurosat.torchrun import stop_timeout
 
 # The rendering writes into this repository's build/cluster: one pytest-xdist worker runs the module
 pytestmark = pytest.mark.xdist_group("cluster-files")
@@ -98,6 +99,10 @@ def test_rendered_cluster_files_are_valid_and_launch_the_same_training(project, 
         "backoffLimit"
     ] == 10
     assert container["command"] == ["python3", "-m", "eurosat.torchrun"]
+    # a signalled pod, like a signalled Slurm job, outlasts the time eurosat.torchrun gives training to stop
+    notice = int(re.search(r"#SBATCH --signal=TERM@(\d+)", text)[1])
+    for spec in replicas.values():
+        assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == notice > stop_timeout({}) + 20
 
 
 def test_the_schema_check_catches_a_broken_manifest():

@@ -66,4 +66,6 @@ def test_the_start_up_profile_names_every_phase_up_to_the_split_in_memory(sample
     assert names[:4] == ["interpreter start", "import torch", "import timm", "import the lifecycle"]
     assert names[-3:] == ["build test_resnet", "model to the device", "train and val images into host memory"]
     assert all(seconds >= 0 for _, seconds in phases) and "cache check (shape, size, checksum)" in names
-    assert result.stdout.splitlines()[-1].endswith("s  in all, from process start")
+    assert result.stdout.splitlines()[-2].endswith("s  in all, from process start")
+    assert result.stdout.splitlines()[-1].endswith("s  then the process's exit, after its last line")
+    assert json.loads(out.read_text())["exit_s"] > 0

@@ -175,6 +175,9 @@ def pytorchjob(args, train_args: list[str], name: str, run_dir: str) -> dict:
     }
     template = {
         "spec": {
+            # a deleted, evicted or preempted pod gets SIGTERM and then as long as the Slurm script's notice (120 s,
+            # not Kubernetes' 30) before SIGKILL: eurosat.torchrun gives training 90 s of it to checkpoint and stop
+            "terminationGracePeriodSeconds": 120,
             "containers": [container],
             "volumes": [
                 {"name": volume, "persistentVolumeClaim": {"claimName": args.claim}},

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import math
 import os
 import sys
@@ -160,8 +162,16 @@ def is_main_process() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
+def exit_without_a_final_collection() -> None:
+    """Python's last garbage collection at exit walks every object torch, Lightning and timm created (about 500,000):
+    2 s of CPU per process (0.4 s without), which a stopped run spends between its checkpoint and its exit, inside
+    its launcher's and Slurm's grace. Frozen, they are still freed by reference counting and closed as usual."""
+    atexit.register(gc.freeze)
+
+
 def run_cli(main, argv=None) -> None:
     """Run main(argv); bad input becomes one line on stderr and exit status 2 (a lost peer: 75)."""
+    exit_without_a_final_collection()
     try:
         main(argv)
     except UserError as exc:
