@@ -121,16 +121,24 @@ doctor: check-project ## check this host, Docker and PROJECT's image can train, 
 train: check-project ## train PROJECT on DATA with ARGS="..." [RUNNER=docker|local] [GPUS=N]
 	@$(MAKE) train-$(RUNNER)
 
+# Before a run starts (a container, torchrun's processes, a job): its model's ImageNet weights locked in WEIGHTS_LOCK and
+# in MODEL_CACHE, by the host, where the lock is writable and the hub reachable (nothing when ARGS need no hub weights)
+WEIGHTS_FOR_RUN = $(VENV_PY) -m eurosat.weights --for-run $(PROJECT) $(ARGS)
+
 train-local: check-project $(VENV_STAMP)
+	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
+	@$(WEIGHTS_FOR_RUN)
 	$$($(MANIFEST) launch $(PROJECT) "$(GPUS)" $(VENV_PY)) --data $(DATA) $(ARGS)
 
-train-docker: check-project check-docker $(COMPOSE_DEP)
+train-docker: check-project check-docker $(VENV_STAMP)
 	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
+	@$(WEIGHTS_FOR_RUN)
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
 	@$(call compose_env) scripts/compose.sh run --rm train $$($(MANIFEST) launch $(PROJECT) "$(GPUS)") --data /data $(ARGS)
 
-train-nodes: check-project check-docker $(COMPOSE_DEP) ## train PROJECT on two containers acting as two nodes (torchrun c10d rendezvous, ARGS, GPUS per node)
+train-nodes: check-project check-docker $(VENV_STAMP) ## train PROJECT on two containers acting as two nodes (torchrun c10d rendezvous, ARGS, GPUS per node)
 	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
+	@$(WEIGHTS_FOR_RUN)
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
 	@$(call compose_env) TRAIN_ARGS="$$($(MANIFEST) layout $(PROJECT) 2 $(or $(GPUS),1)) $(ARGS)" NPROC_PER_NODE=$(or $(GPUS),1) \
 		scripts/train-nodes.sh
@@ -264,6 +272,8 @@ shell: check-docker ## open a shell in IMAGE (default jupyter) with the reposito
 		$(IMAGE_PREFIX)$(or $(IMAGE),jupyter):latest bash
 
 notebook: check-docker $(COMPOSE_DEP) ## start Jupyter and TensorBoard (detached) and print the URL with the token
+	@# the notebooks train PROJECT's default model: its weights locked and cached first, where that can be done
+	@if [[ -x $(VENV_PY) ]]; then $(WEIGHTS_FOR_RUN) 2>&1 | sed 's/^error: /warning: notebooks: /' >&2 || true; fi
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
 	@$(call compose_env) scripts/notebook.sh
 

@@ -194,6 +194,22 @@ def write_hub_entry(hf_home: Path, repo_id: str, files: dict[str, bytes]) -> str
     return commit
 
 
+def pinned_stand_in(cache: Path, lock: Path, model: str, data: bytes = b"stand-in weights", resolved: bool = True) -> dict:
+    """A MODEL_CACHE holding a stand-in file as `model`'s hub weights, pinned in `lock` (a copy of weights.lock) by
+    its sha256: for what checks a file without loading it (make's weights step). resolved=False leaves revision and
+    size out of the entry, as the committed tf_efficientnet_b5 entry does. Returns the entry, with the commit."""
+    import timm
+
+    from eurosat.weights import Entry, read_lock, write_lock
+
+    repo_id = timm.models.get_pretrained_cfg(model).hf_hub_id
+    commit = write_hub_entry(cache / "huggingface", repo_id, {"pytorch_model.bin": data})
+    sha256 = hashlib.sha256(data).hexdigest()
+    entry = Entry(repo_id, commit if resolved else None, "pytorch_model.bin", len(data) if resolved else None, sha256)
+    write_lock(lock, {**read_lock(lock), model: entry})
+    return {"repo": repo_id, "revision": commit, "file": "pytorch_model.bin", "size": len(data), "sha256": sha256}
+
+
 def cached_weights(cache: Path, model: str, lock: Path | None = None) -> Path:
     """A MODEL_CACHE holding `model`'s ImageNet weights (seeded random ones) in the hub's cache layout, and, with
     `lock`, their weights.lock entry written there, as `make weights MODEL=...` writes it."""

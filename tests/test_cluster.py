@@ -11,7 +11,7 @@ from pathlib import Path
 import kubernetes.client.models as k8s_models
 import pytest
 import yaml
-from helpers import PROJECTS, REPO, run, script_module
+from helpers import PROJECTS, REPO, pinned_stand_in, run, script_module
 from kubeflow.training import models as kubeflow_models
 
 from eurosat import manifest
@@ -50,6 +50,20 @@ def schema_problems(value, type_name: str, where: str = "") -> list[str]:
     except (ValueError, TypeError) as exc:
         problems.append(f"{where}: {exc}")
     return problems
+
+
+@pytest.fixture(scope="module", autouse=True)
+def default_weights(tmp_path_factory):
+    """The default model's weights locked and cached (a stand-in file): make cluster-files checks them on the host."""
+    folder = tmp_path_factory.mktemp("weights")
+    lock = folder / "weights.lock"
+    shutil.copy(REPO / "weights.lock", lock)
+    entry = pinned_stand_in(folder / "models", lock, "tf_efficientnet_b5")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EUROSAT_WEIGHTS_LOCK", str(lock))
+        patch.setenv("MODEL_CACHE", str(folder / "models"))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        yield entry
 
 
 def render(project: str, nodes: int, gpus: int, args: str) -> Path:
@@ -239,6 +253,17 @@ def test_cluster_files_pin_the_image_by_the_digest_make_push_recorded(tmp_path):
     assert f"image {REGISTRY}/{image}:{sha}: pinned by tag" in unpinned.stdout
 
 
+def test_cluster_files_refuse_a_model_whose_weights_the_host_cannot_get(tmp_path):
+    """The nodes may have no internet: weights the host cannot lock and cache are one line, before any file is written."""
+    script = REPO / "build" / "cluster" / f"{PROJECTS[0]}-2x1" / "slurm.sbatch"
+    before = script.stat().st_mtime_ns if script.exists() else None
+    result = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", f"REGISTRY={REGISTRY}",
+                 "ARGS=--model resnet18", f"MODEL_CACHE={tmp_path}", check=False)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: --pretrained: cannot get ImageNet weights for resnet18 (LocalEntryNotFoundError")
+    assert (script.stat().st_mtime_ns if script.exists() else None) == before
+
+
 def test_a_registry_no_runtime_can_read_is_one_line():
     result = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", "REGISTRY=https://Registry.example.org",
                  check=False)  # fmt: skip
@@ -246,11 +271,13 @@ def test_a_registry_no_runtime_can_read_is_one_line():
     assert "error: --image https://Registry.example.org/" in result.stderr and "not an image reference" in result.stderr
 
 
-def test_cluster_files_hand_training_the_weights_cache():
+def test_cluster_files_hand_training_the_weights_cache(default_weights):
     """HF_HOME and TORCH_HOME point into the shared models/ folder that `make weights` fills, in every runtime, and
-    torch.compile's Inductor and Triton caches live beside them."""
+    torch.compile's Inductor and Triton caches live beside them. The host checks the locked file is there first."""
     project = manifest.default_project()
-    out = render(project, 2, 1, "--pretrained")
+    result = run("make", "cluster-files", f"PROJECT={project}", "NODES=2", f"REGISTRY={REGISTRY}", "ARGS=--pretrained")
+    assert "weights: tf_efficientnet_b5: " in result.stdout and f"(sha256 {default_weights['sha256']} checked)" in result.stdout
+    out = REPO / "build" / "cluster" / f"{project}-2x1"
     job = yaml.safe_load((out / "pytorchjob.yaml").read_text())
     (container,) = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
     env = {item["name"]: item["value"] for item in container["env"]}

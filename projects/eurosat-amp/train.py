@@ -61,7 +61,8 @@ def _fit(run: lifecycle.Run, proc) -> None:
     if config.get("deterministic"):
         make_deterministic()
     seed_everything(config["seed"])
-    core = build_model(config["model"], len(data.classes), len(data.bands), run.initial_weights)
+    size = data.input_spec()["height"]  # a model built for one input size (a ViT) is built for the data's
+    core = build_model(config["model"], len(data.classes), len(data.bands), run.initial_weights, size)
     core = core.to(proc.device, memory_format=torch.channels_last)
     model = DistributedDataParallel(core) if proc.world_size > 1 else core
     # --compile compiles the training step alone: validation (eval mode, no gradients) would be a second graph to

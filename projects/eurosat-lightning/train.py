@@ -65,10 +65,10 @@ class EuroSATDataModule(pl.LightningDataModule):
 
 
 class EuroSATClassifier(pl.LightningModule):
-    def __init__(self, model_name: str, classes: list, bands: list, scale: float, lr: float, weights=None):
+    def __init__(self, model_name: str, classes: list, bands: list, scale: float, lr: float, weights=None, img_size=None):
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(model_name, len(classes), len(bands), weights and Path(weights))
+        self.model = build_model(model_name, len(classes), len(bands), weights and Path(weights), img_size)
         self.model = self.model.to(memory_format=torch.channels_last)
         # torchmetrics sum over processes, so epoch values are exact under DDP; persistent, so that a mid-epoch
         # checkpoint keeps the epoch's running totals
@@ -131,7 +131,8 @@ def fit(run: lifecycle.Run) -> None:
     pl.seed_everything(config["seed"], verbose=False)
     data = datamodule.data
     weights = run.initial_weights and str(run.initial_weights)
-    module = EuroSATClassifier(config["model"], list(data.classes), list(data.bands), data.scale, config["lr"], weights)
+    size = data.input_spec()["height"]  # a model built for one input size (a ViT) is built for the data's
+    module = EuroSATClassifier(config["model"], list(data.classes), list(data.bands), data.scale, config["lr"], weights, size)
     run.timeline.mark("model_built")  # on the CPU: Lightning moves it to the device when fit starts
     precision = config["precision"]
     if precision == "auto":

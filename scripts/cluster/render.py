@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from eurosat import manifest, sweep
+from eurosat import manifest, sweep, weights
 from eurosat.cli import ArgumentParser, non_negative_int, positive_int, run_cli
 from eurosat.errors import UserError
 
@@ -226,6 +226,8 @@ def main(argv=None) -> None:
     combos = sweep.combinations(sweep.parse_grid(args.sweep)) if args.sweep else []
     if combos:
         sweep.check(args.project, train_args, combos)  # a bad value is one line before anything is written
+    # the compute nodes may have no internet and mount the repository read-only: the weights are locked and cached here
+    weights.for_runs(args.project, [[*train_args, *combo] for combo in combos] or [train_args])
     out = args.out / f"{args.project}-{args.nodes}x{args.gpus}{'-sweep' if combos else ''}"
     out.mkdir(parents=True, exist_ok=True)
     slurm, job = out / "slurm.sbatch", out / "pytorchjob.yaml"

@@ -33,7 +33,8 @@ from eurosat.evaluation import prefix as evaluation_prefix
 from eurosat.files import list_files
 from eurosat.gpu import resolve_device
 from eurosat.inference import evaluate_command, evaluate_split, predict_command, report_evaluation
-from eurosat.models import build_model, check_model_name
+from eurosat.models import build_model, check_model_name, check_model_runs
+from eurosat.reading import parse_bands, read_image
 from eurosat.runs import (
     MetricsLog,
     create_run_dir,
@@ -167,7 +168,10 @@ class Run:
         else:
             config = {**given, "project": experiment.name}
         check_model_name(config["model"])
-        list_files(Path(config["data"]))  # a missing or empty data folder is one line before any folder is made
+        files = list_files(Path(config["data"]))  # a missing or empty data folder is one line before any folder is made
+        height, _, band_count = read_image(files.root / files.files[0]).shape
+        bands = parse_bands(config["bands"], band_count)
+        check_model_runs(config["model"], len(files.classes), len(bands), height)  # (a ViT at 224 for 64-pixel images)
         initial, locked = None, None  # the weights training starts from, and their weights.lock entry
         if checkpoint is None and config.get("weights"):
             initial = Path(config["weights"])
@@ -402,7 +406,8 @@ def train(experiment: Experiment, args) -> list[dict]:
 
 def default_model(checkpoint: dict) -> torch.nn.Module:
     config = checkpoint["config"]
-    model = build_model(config["model"], len(config["classes"]), len(config["bands_resolved"]))
+    size = config.get("input", {}).get("height")  # (runs before input was recorded: built at the model's own size)
+    model = build_model(config["model"], len(config["classes"]), len(config["bands_resolved"]), img_size=size)
     model.load_state_dict(checkpoint["model"])
     return model
 

@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from eurosat import manifest, summary
+from eurosat import manifest, summary, weights
 from eurosat.cli import ArgumentParser, positive_int, run_cli
 from eurosat.errors import UserError
 
@@ -73,6 +73,7 @@ def run_sweep(project: str, sweep: str, base: list[str], jobs: int, out: Path, d
     grid = parse_grid(sweep)
     combos = combinations(grid)
     check(project, base, combos)
+    weights.for_runs(project, [[*base, *combo] for combo in combos])  # locked and cached once, not by each run
     out.mkdir(parents=True, exist_ok=True)
     launch = manifest.load(project).launch(1, sys.executable)
     data_flags = ["--data", data] if data else []
