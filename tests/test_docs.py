@@ -1,6 +1,7 @@
 """The documentation: every `make` and `python projects/...` command in the README and docs/ names a target that
-`make help` lists and flags its parser knows; the README's relative links resolve; `make docs` builds the site
-strictly, so that a broken link fails it; the README stays short."""
+`make help` lists and flags its parser knows; every code block that trains (make train, new-project, sweep) runs as
+written, in a copy of the repository, on the sample data; the README's relative links resolve; `make docs` builds
+the site strictly, so that a broken link fails it; the README stays short."""
 
 import re
 import shlex
@@ -8,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, copy_repository, make_in_clone
+from helpers import MODEL, REPO, copy_repository, make_in_clone
 
 from eurosat import manifest
 from eurosat.lifecycle import make_parser
@@ -35,6 +36,64 @@ def commands() -> list[tuple[str, int, str]]:
             if text.startswith(("make ", "python projects/", "torchrun ")):
                 found.append((page, number, text.split("  #")[0].split(" # ")[0].strip()))
     return found
+
+
+TRAINING_TARGETS = {"train", "new-project", "sweep"}
+RUN_WITH_THEM = {"data", "data-sample", "summary", "report", "reproduce"}  # in such a block; the rest (a server, the
+# tests, a download) is checked as written by test_every_documented_command_exists_as_written
+# What makes a documented example cheap here: one epoch, a small batch, random weights, the CPU, in the venv; the
+# tests' small model where the example names none (the default model's run is the same code, tested elsewhere)
+CHEAP = ["--epochs", "1", "--batch-size", "16", "--no-pretrained", "--device", "cpu"]
+
+
+def training_blocks() -> list[tuple[str, int, tuple[str, ...]]]:
+    """(page, line, commands) for each code block with a make command that trains, its commands in order; a block
+    that two pages share is listed once."""
+    blocks: dict[tuple[str, ...], tuple[str, int]] = {}
+    by_block: dict[tuple[str, int], list[str]] = {}
+    for page, line, command in commands():
+        key = next((k for k in by_block if k[0] == page and k[1] + len(by_block[k]) == line), (page, line))
+        by_block.setdefault(key, []).append(command)
+    for (page, line), block in by_block.items():
+        targets = {word for command in block for word in shlex.split(command)[1:] if command.startswith("make ")}
+        if TRAINING_TARGETS & targets and tuple(block) not in blocks:
+            blocks[tuple(block)] = (page, line)
+    return [(page, line, block) for block, (page, line) in blocks.items()]
+
+
+def cheap(command: str) -> list[str]:
+    """A documented make command as this test runs it: make data becomes make data-sample, training in the venv,
+    on the CPU, one epoch of a small batch, random weights."""
+    words = shlex.split(command)
+    words = ["data-sample" if word == "data" else word for word in words]
+    if not TRAINING_TARGETS - {"new-project"} & set(words):
+        return words
+    args = [word for word in words if word.startswith("ARGS=")]
+    given = shlex.split(args[0].split("=", 1)[1]) if args else []
+    model = [] if "--model" in given else ["--model", MODEL]
+    words = [word for word in words if not word.startswith("ARGS=")]
+    return [*words, "RUNNER=local", f"ARGS={shlex.join([*given, *model, *CHEAP])}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("page", "line", "block"), training_blocks(), ids=lambda value: str(value)[:50])
+def test_every_documented_training_example_runs(page, line, block, tmp_path):
+    clone = copy_repository(tmp_path / "repo")
+    make_in_clone(clone, "data-sample")  # make data's place, for the blocks that train on data/eurosat
+    for command in block:
+        words = cheap(command)
+        if not (TRAINING_TARGETS | RUN_WITH_THEM) & set(words[1:]):
+            continue
+        result = make_in_clone(clone, *words[1:], check=False, timeout=900)
+        where = f"{page}:{line}: {command} (run as {shlex.join(words)})"
+        assert result.returncode == 0, f"{where}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        assert "Traceback" not in result.stderr, where
+        if "train" in words:
+            assert "Epoch 1/1 loss" in result.stdout, where
+        if "sweep" in words:
+            assert re.search(r"sweep: (\d+) of \1 run\(s\) finished", result.stdout), where
+    trained = sorted(clone.glob("runs/*/*/best.ckpt")) + sorted(clone.glob("runs/*/*/*/*/best.ckpt"))
+    assert trained, f"{page}:{line}: no run finished"
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,14 @@ import hashlib
 import json
 import os
 import re
+import shlex
+import time
 import tomllib
 from pathlib import Path
 
 import pytest
 import timm
-from helpers import SMALL, cached_weights, read_metrics, run, run_project, single_run_dir
+from helpers import SMALL, cached_weights, free_port, pinned_stand_in, read_metrics, run, run_project, single_run_dir
 
 pytestmark = pytest.mark.slow  # real processes; make test-all runs them
 MODEL = SMALL[SMALL.index("--model") + 1]
@@ -110,3 +112,82 @@ def test_make_weights_bad_model_is_one_line(model, expected, tmp_path):
     env = offline(tmp_path, tmp_path / "lock")
     result = run("make", "weights", f"MODEL={model}", f"MODEL_CACHE={tmp_path}", env=env, check=False)
     assert result.returncode == 2 and result.stderr.startswith(expected), result.stderr
+
+
+def make_train(data, out, cache, lock, env, *extra, check=False):
+    args = shlex.join([*PRETRAINED, "--epochs", "1", "--out", str(out), *extra])
+    settings = [f"DATA={data}", f"MODEL_CACHE={cache}", f"WEIGHTS_LOCK={lock}", f"ARGS={args}"]
+    return run("make", "train", "RUNNER=local", *settings, env=env, check=check)
+
+
+def test_make_train_locks_and_checks_the_weights_on_the_host_before_training_starts(sample_dir, tmp_path):
+    """The host step (python -m eurosat.weights --for-run): a model the lock lacks is recorded there, with the line
+    that commits it, so the run (in a container, with the lock read-only) finds it locked; a locked file is checked;
+    a tampered one is one line before any training process starts."""
+    lock = tmp_path / "weights.lock"
+    lock.write_text("")
+    cache = cached_weights(tmp_path / "models", MODEL)
+    env = offline(cache, lock)
+    recorded = make_train(sample_dir, tmp_path / "runs", cache, lock, env, check=True)
+    entry = tomllib.loads(lock.read_text())[MODEL]
+    said = f"weights.lock: {MODEL} was not locked; recorded hf-hub:{REPO_ID}@{entry['revision']}/model.safetensors"
+    checked = f"weights: {MODEL}: "
+    assert recorded.stdout.index(said) < recorded.stdout.index(checked) < recorded.stdout.index("run ")
+    assert recorded.stdout.count(said) == 1  # by the host; the run found its model locked
+    assert len(read_metrics(single_run_dir(tmp_path / "runs"))) == 1
+
+    blob = next((cache / "huggingface").rglob("blobs/*"))
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
+    refused = make_train(sample_dir, tmp_path / "again", cache, lock, env)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode != 0 and len(errors) == 1 and f"pins {MODEL} to {entry['sha256']}" in errors[0]
+    assert "Traceback" not in refused.stderr and "run " not in refused.stdout and not (tmp_path / "again").exists()
+
+    skipped = make_train(sample_dir, tmp_path / "random", cache, lock, env, "--no-pretrained")  # needs no hub weights
+    assert skipped.returncode == 0 and "weights: " not in skipped.stdout, skipped.stderr
+
+
+def test_an_entry_pinned_by_sha256_alone_is_resolved_by_make_weights_and_another_file_refused(tmp_path):
+    """The committed tf_efficientnet_b5 entry has no revision or size (public records give only the sha256): the
+    first fetch takes the hub's current revision, checks the sha256 and writes the commit and size it found."""
+    lock, cache = tmp_path / "weights.lock", tmp_path / "models"
+    lock.write_text("")
+    found = pinned_stand_in(cache, lock, "tf_efficientnet_b5", resolved=False)
+    assert tomllib.loads(lock.read_text())["tf_efficientnet_b5"] == {key: found[key] for key in ("repo", "file", "sha256")}
+    env = offline(cache, lock)
+    settings = [f"MODEL_CACHE={cache}", f"WEIGHTS_LOCK={lock}"]
+    result = run("make", "weights", "MODEL=tf_efficientnet_b5", *settings, env=env)
+    assert tomllib.loads(lock.read_text())["tf_efficientnet_b5"] == found
+    source = f"hf-hub:{found['repo']}@{found['revision']}/pytorch_model.bin"
+    assert f"weights.lock: tf_efficientnet_b5 resolved: {source}, {found['size']} bytes: commit it: git add weights.lock" in result.stdout
+    again = run("make", "weights", *settings, env=env)  # resolved: nothing more to write
+    assert "resolved" not in again.stdout and f"(sha256 {found['sha256']} checked)" in again.stdout
+
+    other = tmp_path / "other"  # a cache where the hub's main holds another file
+    pinned_stand_in(other, tmp_path / "unused.lock", "tf_efficientnet_b5", b"other weights")
+    pinned = {key: found[key] for key in ("repo", "file", "sha256")}
+    lock.write_text('["tf_efficientnet_b5"]\n' + "".join(f'{key} = "{value}"\n' for key, value in pinned.items()))
+    before = lock.read_text()
+    refused = run("make", "weights", f"MODEL_CACHE={other}", f"WEIGHTS_LOCK={lock}", env=offline(other, lock), check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert re.search(r"error: \S+/pytorch_model\.bin: sha256 [0-9a-f]{64} \(13 bytes\), but \S+ pins tf_efficientnet_b5 to "
+                     rf"{found['sha256']}: delete the file", refused.stderr), refused.stderr  # fmt: skip
+    assert lock.read_text() == before
+
+
+def test_a_hub_out_of_reach_is_one_line_within_seconds_without_retries(sample_dir, tmp_path):
+    """No HF_HUB_OFFLINE and no connection: a probe of a few seconds instead of the hub client's ten retries."""
+    lock = tmp_path / "weights.lock"
+    lock.write_text("")
+    env = {key: value for key, value in offline(tmp_path / "empty", lock).items() if key != "HF_HUB_OFFLINE"}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    result = train(sample_dir, tmp_path / "runs", env)
+    print(f"refused after {time.monotonic() - start:.1f} s")
+    assert result.returncode == 2 and "Retrying" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"error: --pretrained: cannot get ImageNet weights for {MODEL} (LocalEntryNotFoundError; 127.0.0.1:"
+        f"{env['HF_ENDPOINT'].rsplit(':', 1)[1]} unreachable (Connection refused): the cache only): run `make weights MODEL={MODEL}` "
+        "where there is internet (and copy MODEL_CACHE here), or pass --no-pretrained"
+    ]
+    assert not (tmp_path / "runs").exists()

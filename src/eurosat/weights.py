@@ -189,8 +189,10 @@ def fetch(model: str, entry: Entry) -> tuple[Path, Entry]:
 
 def unavailable(model: str, exc: Exception) -> UserError:
     notes = [note for note in getattr(exc, "__notes__", []) if note]
-    offline = ", HF_HUB_OFFLINE=1: the cache only" if os.environ.get("HF_HUB_OFFLINE") else ""
-    why = f" ({exc.__class__.__name__}{'; ' + notes[0] if notes else ''}{offline})"
+    if notes:  # the probe found the hub out of reach
+        why = f" ({exc.__class__.__name__}; {notes[0]}: the cache only)"
+    else:
+        why = f" ({exc.__class__.__name__}{', HF_HUB_OFFLINE=1: the cache only' if os.environ.get('HF_HUB_OFFLINE') else ''})"
     return UserError(
         f"--pretrained: cannot get ImageNet weights for {model}{why}: run `make weights MODEL={model}` where there is "
         "internet (and copy MODEL_CACHE here), or pass --no-pretrained"
