@@ -258,8 +258,9 @@ def pretrained_file(model: str, main_process: bool = True) -> tuple[Path, Entry 
     return path, entry
 
 
-# Flags after which a run starts from no hub weights: they need nothing fetched
-NO_HUB_WEIGHTS = ("--no-pretrained", "--weights", "--resume", "evaluate", "predict", "-h", "--help")
+# Flags after which a run starts from no hub weights: they need nothing fetched (--no-pretrained: unless a later
+# --pretrained overrides it)
+NO_HUB_WEIGHTS = ("--weights", "--resume", "evaluate", "predict", "-h", "--help")
 
 
 def refuse(message: str):
@@ -268,7 +269,10 @@ def refuse(message: str):
 
 def needs_hub_weights(train_args: list[str]) -> bool:
     """Whether a run with these flags may start from the hub's weights (the parser decides the rest)."""
-    if any(arg.split("=")[0] in NO_HUB_WEIGHTS for arg in train_args):
+    flags = [arg.split("=")[0] for arg in train_args]
+    if any(flag in NO_HUB_WEIGHTS for flag in flags):
+        return False
+    if [flag for flag in flags if flag in ("--pretrained", "--no-pretrained")][-1:] == ["--no-pretrained"]:
         return False
     run_dir = next((train_args[i + 1] for i, arg in enumerate(train_args[:-1]) if arg == "--run-dir"), None)
     return not (run_dir and (Path(run_dir) / "last.ckpt").exists())  # a requeued job continues from its checkpoint
