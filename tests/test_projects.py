@@ -313,3 +313,27 @@ def test_the_model_meets_one_training_shape_and_one_evaluation_shape(project, sa
         hook.remove()
     assert shapes == {("train", (20, 3, 64, 64)), ("eval", (20, 3, 64, 64))}
     assert read_metrics(single_run_dir(tmp_path))[0]["val_samples"] == 108
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("project", PROJECTS)
+def test_a_vit_made_for_224_pixels_is_built_for_the_data_and_its_checkpoint_evaluates(project, sample_dir, tmp_path):
+    """timm's ViTs take one input size (224): the model is built for the data's 64 pixels (img_size), in training and
+    when evaluate rebuilds it from the checkpoint. (The README's example, a Lightning copy training a ViT through
+    make, runs in test_docs.)"""
+    args = ["--model", "vit_small_patch16_224", "--batch-size", "32", "--epochs", "1", "--no-pretrained"]
+    main_in_process(project, "train", "--data", sample_dir, "--out", tmp_path, *args)
+    run_dir = single_run_dir(tmp_path)
+    assert json.loads((run_dir / "config.json").read_text())["input"]["height"] == 64
+    result = main_in_process(project, "evaluate", run_dir / "best.ckpt", "--out", tmp_path / "evaluated")
+    assert result.value["val_acc"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["best"]["val_acc"])
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_a_model_that_cannot_classify_the_images_is_one_line_before_the_run_directory(project, sample_dir, tmp_path):
+    """Inception v3 shrinks 64 pixels below its kernels: found on the meta device, before anything is written."""
+    args = ["--model", "inception_v3", "--epochs", "1", "--no-pretrained", "--data", sample_dir, "--out", tmp_path / "runs"]
+    result = main_in_process(project, "train", *args, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: --model inception_v3: cannot classify 3-band 64x64 images (")
+    assert not (tmp_path / "runs").exists()
