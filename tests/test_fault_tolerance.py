@@ -139,7 +139,8 @@ def test_out_of_space_mid_training_keeps_the_previous_checkpoint(sample_dir, tmp
     assert process.returncode == 2, stderr
     (line,) = stderr.strip().splitlines()[-1:]
     assert line.startswith(f"error: cannot write checkpoint {run_dir / 'last.ckpt'} (File too large)"), stderr
-    assert "still holds the previous checkpoint" in line and "Traceback" not in stderr
+    assert line.endswith(f"then continue with --resume {run_dir} ({run_dir / 'last.ckpt'} holds the last checkpoint written)")
+    assert "Traceback" not in stderr
     epoch, step = checkpoint_position(run_dir / "last.ckpt")  # intact and loadable
     assert step > 0
     assert not list(run_dir.glob(".*.tmp-*"))  # no half-written file left behind

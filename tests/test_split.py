@@ -172,3 +172,20 @@ def test_a_test_fraction_holds_out_a_stratified_test_part_first(official_listing
         split_rows(labels, official_listing.files, tmp_path, "torchgeo", 0.2, 0.1, 42, sample=False)
     with pytest.raises(UserError, match=r"--test-fraction 1.0: must be 0 or more and below 1"):
         split_rows(labels, official_listing.files, tmp_path, "articles", 0.2, 1.0, 42, sample=False)
+
+
+def test_lists_saved_with_a_byte_order_mark_read_as_the_names_they_hold(tmp_path):
+    """Windows editors start a UTF-8 file with a byte-order mark: it is not part of the first name."""
+    for name in ("Forest", "River"):
+        (tmp_path / name).mkdir()
+        for n in (1, 2, 3):
+            (tmp_path / name / f"{name}_{n}.tif").touch()
+    files = list_files(tmp_path).files
+    lists = {"train": "Forest_1.jpg\r\nRiver_1.jpg\r\n", "val": "Forest_2.jpg\r\nRiver_2.jpg\r\n", "test": "Forest_3.jpg\r\nRiver_3.jpg\r\n"}
+    for part, text in lists.items():
+        (tmp_path / f"eurosat-{part}.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    parts = published_split(files, tmp_path, check_md5=False)
+    assert [files[row] for row in parts["train"]] == ["Forest/Forest_1.tif", "River/River_1.tif"]
+    (tmp_path / "eurosat-test.txt").write_bytes("Forest_3.jpg\nRiver_3.jpg\n".encode("utf-16"))
+    with pytest.raises(UserError, match=r"eurosat-test.txt is not UTF-8 text \(invalid start byte at byte 0\): save it as UTF-8"):
+        published_split(files, tmp_path, check_md5=False)

@@ -52,13 +52,32 @@ COMPARED = {
 METRICS = ("loss", "acc", "val_loss", "val_acc")
 
 
+def read_history(path: Path) -> tuple[list[dict], str | None]:
+    """metrics.jsonl's epochs, and what is wrong with its last line when a run stopped while writing it (a kill, a
+    full disk): that line is left out. A damaged line before the last is one line of error."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    history = []
+    for number, line in enumerate(lines, 1):
+        try:
+            history.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                return history, f"{path} ends in a half-written line (the run stopped while writing it)"
+            raise UserError(f"{path}: line {number} is not JSON: the run directory is damaged") from None
+    return history, None
+
+
 def read_run(run_dir: Path) -> tuple[dict, dict, list[dict]]:
     try:
         config = json.loads((run_dir / "config.json").read_text())
         provenance = json.loads((run_dir / "provenance.json").read_text())
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        if not (run_dir / "metrics.jsonl").exists():
+            raise FileNotFoundError(f"no {run_dir / 'metrics.jsonl'}")
+        metrics, damaged = read_history(run_dir / "metrics.jsonl")
     except (OSError, ValueError) as exc:
         raise UserError(f"RUN={run_dir} is not a complete run directory ({exc}): pass runs/<project>/<run-id>") from None
+    if damaged:
+        print(f"warning: {damaged}: read its {len(metrics)} complete epoch(s)", file=sys.stderr)
     return config, provenance, metrics
 
 

@@ -100,11 +100,13 @@ def save_checkpoint(state: dict, path: Path, keep_previous: bool = False) -> Non
     try:
         _write_atomically(path, lambda handle: handle.write(buffer.getbuffer()), keep)
     except OSError as exc:
-        kept = f"{path} still holds the previous checkpoint" if path.exists() else "no checkpoint was written yet"
-        raise UserError(
-            f"cannot write checkpoint {path} ({exc.strerror or exc}): free disk space or make {path.parent} writable, "
-            f"then continue with --resume {path.parent}; {kept}"
-        ) from None
+        fix = f"free disk space or make {path.parent} writable"
+        last = path.with_name("last.ckpt")
+        if last.is_file():  # what --resume continues from
+            then = f"then continue with --resume {path.parent} ({last} holds the last checkpoint written)"
+        else:
+            then = "then train again: no checkpoint was written yet, so there is nothing to resume"
+        raise UserError(f"cannot write checkpoint {path} ({exc.strerror or exc}): {fix}, {then}") from None
 
 
 def write_json(path: Path, data) -> None:

@@ -64,7 +64,11 @@ def published_split(files: tuple[str, ...], data_dir: Path, check_md5: bool = Tr
         if check_md5 and (actual := hashlib.md5(content).hexdigest()) != md5:
             raise UserError(f"{path} has MD5 {actual}, not the published {md5}: run `make data` to fetch it again")
         rows = []
-        for number, line in enumerate(content.decode().splitlines(), 1):
+        try:
+            text = content.decode("utf-8-sig")  # a byte-order mark, as Windows editors write, is not part of a name
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8") from None
+        for number, line in enumerate(text.splitlines(), 1):
             if not (name := line.strip()):
                 continue
             stem = name.rsplit(".", 1)[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from eurosat.cli import ArgumentParser, run_cli
 from eurosat.errors import UserError
-from eurosat.reproduce import COMPARED
+from eurosat.reproduce import COMPARED, read_history
 
 # Not settings of what is trained: where it ran, where it was written and tracked, and what the run derived
 NOT_SETTINGS = {
@@ -58,10 +58,11 @@ class RunRecord:
     provenance: dict
     history: list[dict]
     summary: dict | None  # metrics.json: written when the run finished
+    damaged: str | None = None  # metrics.jsonl ends in a half-written line: the run is listed apart
 
     @property
     def finished(self) -> bool:
-        return self.summary is not None and len(self.history) >= self.config.get("epochs", 0)
+        return self.summary is not None and len(self.history) >= self.config.get("epochs", 0) and not self.damaged
 
     def setting(self) -> tuple:
         return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in self.config.items() if k not in NOT_SETTINGS))
@@ -129,9 +130,8 @@ def read(directory: Path) -> RunRecord:
         except ValueError as exc:
             raise UserError(f"{path} is not JSON ({exc}): the run directory is damaged") from None
 
-    metrics = directory / "metrics.jsonl"
-    history = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    return RunRecord(directory, load("config.json"), load("provenance.json", {}), history, load("metrics.json"))
+    history, damaged = read_history(directory / "metrics.jsonl")
+    return RunRecord(directory, load("config.json"), load("provenance.json", {}), history, load("metrics.json"), damaged)
 
 
 def summarize(directories: list[Path]) -> tuple[list[Group], list[RunRecord]]:
@@ -185,7 +185,8 @@ def write_summary(groups: list[Group], unfinished: list[RunRecord], out: Path) -
         lines.append(f"| {row['setting']} | {row['runs']} | {' | '.join(figures)} | {row['incomparable'] or '-'} |")
     if unfinished:
         lines += ["", "Not finished (left out of the averages):", ""]
-        lines += [f"- {run.directory}: {len(run.history)} of {run.config.get('epochs')} epochs" for run in unfinished]
+        lines += [f"- {run.directory}: {len(run.history)} of {run.config.get('epochs')} epochs"
+                  + (f"; {run.damaged}" if run.damaged else "") for run in unfinished]  # fmt: skip
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     picture(groups, rows, out / "summary.png")
     return [out / "summary.md", out / "summary.csv", out / "summary.png"]
