@@ -41,7 +41,7 @@ from eurosat.reproduce import metrics_table, read_run  # noqa: E402
 sys.path.insert(0, str(REPO / "bench"))
 from first_step import markdown as first_step_table  # noqa: E402
 
-# The GPU targets (docs/benchmarks.md), on an H100 or H200 with the default project and settings: a whole default
+# The GPU targets (docs/speed.md), on an H100 or H200 with the default project and settings: a whole default
 # train from process start to exit (its end-of-run evaluation included), its first step, process start to model built
 FIRST_EPOCH_RATIO, CEILING_SHARE, PROJECTS_APART, WHOLE_TRAIN_SECONDS = 1.5, 0.95, 0.10, 20.0
 FIRST_STEP_SECONDS, MODEL_BUILT_SECONDS = 3.0, 5.0

@@ -152,6 +152,23 @@ def test_the_readme_is_one_screen_of_decisions_and_its_links_resolve():
     assert "Apache License" in (REPO / "LICENSE").read_text() and "Version 2.0" in (REPO / "LICENSE").read_text()
 
 
+ARTICLES = {  # the articles the recipe and the containers come from: named and linked in the README and the docs
+    "Pytorch + Docker": "https://juansensio.com/blog/072_pytorch_docker",
+    "Deep learning with containers. Part 1": "https://towardsdatascience.com/deep-learning-with-containers-part-1-4779877492a1",
+    "Why use Docker containers for machine learning development?":
+        "https://aws.amazon.com/blogs/opensource/why-use-docker-containers-for-machine-learning-development/",
+    "Reproducible ML Models using Docker": "https://blog.mkari.de/posts/reproducible-ml-models-using-docker/",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/architecture.md"])
+def test_the_articles_are_named_and_linked(page):
+    text = " ".join((REPO / page).read_text().split())  # titles may wrap
+    for title, address in ARTICLES.items():
+        assert f'["{title}"]({address})' in text, f"{page} does not link {title!r}"
+    assert "Pytorch Lightning - Optimización" in text and "072_pytorch_docker" in text
+
+
 def test_make_docs_builds_the_site_strictly_and_a_broken_link_fails_it(tmp_path):
     clone = copy_repository(tmp_path / "repo")
     make_in_clone(clone, "docs")

@@ -57,7 +57,7 @@ def _fit(run: lifecycle.Run, proc) -> None:
 
     # cudnn.benchmark stays off: on an H200 it gave the same steady speed (4,469 against 4,481 images/s NCHW,
     # 5,692 against 5,709 channels_last) but autotunes every new input shape, a one-time cost larger than a whole
-    # epoch of a default run (docs/benchmarks.md, "First GPU run").
+    # epoch of a default run (docs/speed.md, "First GPU run").
     if config.get("deterministic"):
         make_deterministic()
     seed_everything(config["seed"])
