@@ -74,7 +74,9 @@ def test_a_checkpoint_that_cannot_be_written_says_whether_there_is_one_to_resume
     message = str(error.value)
     assert message.startswith(f"cannot write checkpoint {target} (")
     if earlier:
-        assert message.endswith(f"then continue with --resume {folder} ({folder / 'last.ckpt'} holds the last checkpoint written)")
+        assert message.endswith(
+            f"then continue with --resume {folder} ({folder / 'last.ckpt'} holds the last checkpoint written)"
+        )
         assert torch.load(folder / "last.ckpt")["step"] == 1
     else:
         assert message.endswith("then train again: no checkpoint was written yet, so there is nothing to resume")

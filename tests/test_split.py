@@ -181,7 +181,11 @@ def test_lists_saved_with_a_byte_order_mark_read_as_the_names_they_hold(tmp_path
         for n in (1, 2, 3):
             (tmp_path / name / f"{name}_{n}.tif").touch()
     files = list_files(tmp_path).files
-    lists = {"train": "Forest_1.jpg\r\nRiver_1.jpg\r\n", "val": "Forest_2.jpg\r\nRiver_2.jpg\r\n", "test": "Forest_3.jpg\r\nRiver_3.jpg\r\n"}
+    lists = {
+        "train": "Forest_1.jpg\r\nRiver_1.jpg\r\n",
+        "val": "Forest_2.jpg\r\nRiver_2.jpg\r\n",
+        "test": "Forest_3.jpg\r\nRiver_3.jpg\r\n",
+    }
     for part, text in lists.items():
         (tmp_path / f"eurosat-{part}.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
     parts = published_split(files, tmp_path, check_md5=False)

@@ -159,7 +159,10 @@ def test_an_entry_pinned_by_sha256_alone_is_resolved_by_make_weights_and_another
     result = run("make", "weights", "MODEL=tf_efficientnet_b5", *settings, env=env)
     assert tomllib.loads(lock.read_text())["tf_efficientnet_b5"] == found
     source = f"hf-hub:{found['repo']}@{found['revision']}/pytorch_model.bin"
-    assert f"weights.lock: tf_efficientnet_b5 resolved: {source}, {found['size']} bytes: commit it: git add weights.lock" in result.stdout
+    assert (
+        f"weights.lock: tf_efficientnet_b5 resolved: {source}, {found['size']} bytes: commit it: git add weights.lock"
+        in result.stdout
+    )
     again = run("make", "weights", *settings, env=env)  # resolved: nothing more to write
     assert "resolved" not in again.stdout and f"(sha256 {found['sha256']} checked)" in again.stdout
 
@@ -180,14 +183,15 @@ def test_a_hub_out_of_reach_is_one_line_within_seconds_without_retries(sample_di
     lock = tmp_path / "weights.lock"
     lock.write_text("")
     env = {key: value for key, value in offline(tmp_path / "empty", lock).items() if key != "HF_HUB_OFFLINE"}
-    env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    port = free_port()
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{port}"  # nothing listens there
     start = time.monotonic()
     result = train(sample_dir, tmp_path / "runs", env)
     print(f"refused after {time.monotonic() - start:.1f} s")
     assert result.returncode == 2 and "Retrying" not in result.stderr + result.stdout
     assert result.stderr.strip().splitlines() == [
-        f"error: --pretrained: cannot get ImageNet weights for {MODEL} (LocalEntryNotFoundError; 127.0.0.1:"
-        f"{env['HF_ENDPOINT'].rsplit(':', 1)[1]} unreachable (Connection refused): the cache only): run `make weights MODEL={MODEL}` "
-        "where there is internet (and copy MODEL_CACHE here), or pass --no-pretrained"
+        f"error: --pretrained: cannot get ImageNet weights for {MODEL} (LocalEntryNotFoundError; 127.0.0.1:{port} "
+        f"unreachable (Connection refused): the cache only): run `make weights MODEL={MODEL}` where there is internet "
+        "(and copy MODEL_CACHE here), or pass --no-pretrained"
     ]
     assert not (tmp_path / "runs").exists()

@@ -236,7 +236,9 @@ def pretrained_file(model: str, main_process: bool = True) -> tuple[Path, Entry 
         if resolved != entry and main_process:
             try:
                 save_entry(model, resolved)
-                print(f"{lock.name}: {model} resolved: {resolved.source()}, {resolved.size} bytes: commit it: git add {lock.name}")
+                print(
+                    f"{lock.name}: {model} resolved: {resolved.source()}, {resolved.size} bytes: commit it: git add {lock.name}"
+                )
             except UserError as exc:  # the file is checked by its sha256 all the same
                 print(f"warning: {exc}", file=sys.stderr)
         return path, resolved
