@@ -36,7 +36,15 @@ def test_a_scaffolded_project_works_everywhere_with_no_file_outside_its_folder(c
     assert in_clone(clone, sys.executable, script, "predict", run_dir / "best.ckpt", tif).stdout.startswith(f"{tif}\t")
 
     # the cluster files name its image and its layout flags; make reproduce trains it again to the same metrics
-    make_in_clone(clone, "cluster-files", f"PROJECT={NAME}", "NODES=2", "GPUS=4", "REGISTRY=registry.example.org/team")
+    make_in_clone(
+        clone,
+        "cluster-files",
+        f"PROJECT={NAME}",
+        "NODES=2",
+        "GPUS=4",
+        "REGISTRY=registry.example.org/team",
+        "ARGS=--no-pretrained",
+    )  # fmt: skip (random weights: nothing for the host to fetch offline)
     slurm = (clone / "build" / "cluster" / f"{NAME}-2x4" / "slurm.sbatch").read_text()
     assert f'projects/{NAME}/train.py train --data "$data" --devices 4 --num-nodes 2' in slurm
     assert "registry.example.org/team/lightning:" in slurm
