@@ -149,7 +149,8 @@ def hub_file(repo: str, file: str, revision: str) -> Path:
     try:
         return Path(hf_hub_download(repo, file, revision=revision))
     except Exception as exc:
-        exc.add_note(why)
+        if why:
+            exc.add_note(why)  # for the one line unavailable() writes
         raise
 
 
@@ -188,7 +189,7 @@ def fetch(model: str, entry: Entry) -> tuple[Path, Entry]:
 
 
 def unavailable(model: str, exc: Exception) -> UserError:
-    notes = [note for note in getattr(exc, "__notes__", []) if note]
+    notes = getattr(exc, "__notes__", [])
     if notes:  # the probe found the hub out of reach
         why = f" ({exc.__class__.__name__}; {notes[0]}: the cache only)"
     else:
