@@ -59,6 +59,7 @@ def default_weights(tmp_path_factory):
     lock = folder / "weights.lock"
     shutil.copy(REPO / "weights.lock", lock)
     entry = pinned_stand_in(folder / "models", lock, "tf_efficientnet_b5")
+    pinned_stand_in(folder / "models", lock, "resnet10t", b"resnet10t stand-in")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EUROSAT_WEIGHTS_LOCK", str(lock))
         patch.setenv("MODEL_CACHE", str(folder / "models"))
@@ -251,6 +252,14 @@ def test_cluster_files_pin_the_image_by_the_digest_make_push_recorded(tmp_path):
     unpinned = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", f"REGISTRY={REGISTRY}",
                    f"PUSHED={tmp_path / 'none.txt'}")  # fmt: skip
     assert f"image {REGISTRY}/{image}:{sha}: pinned by tag" in unpinned.stdout
+
+
+def test_a_sweep_over_models_checks_each_models_weights_once_before_rendering():
+    result = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=1", f"REGISTRY={REGISTRY}",
+                 "SWEEP=--model tf_efficientnet_b5,resnet10t --seed 1,2")  # fmt: skip
+    checked = [line.split(":")[1].strip() for line in result.stdout.splitlines() if line.startswith("weights: ")]
+    assert checked == ["tf_efficientnet_b5", "resnet10t"]
+    assert result.stdout.index("weights: resnet10t") < result.stdout.index("wrote one job array of 4 tasks")
 
 
 def test_cluster_files_refuse_a_model_whose_weights_the_host_cannot_get(tmp_path):
