@@ -267,9 +267,9 @@ def test_cluster_files_refuse_a_model_whose_weights_the_host_cannot_get(tmp_path
     """The nodes may have no internet: weights the host cannot lock and cache are one line, before any file is written."""
     script = REPO / "build" / "cluster" / f"{PROJECTS[0]}-2x1" / "slurm.sbatch"
     before = script.stat().st_mtime_ns if script.exists() else None
+    unlocked = {key: value for key, value in os.environ.items() if key != "LOCKED"}  # (CI sets it)
     result = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", f"REGISTRY={REGISTRY}",
-                 "ARGS=--model resnet18", f"MODEL_CACHE={tmp_path}", check=False,
-                 env={key: value for key, value in os.environ.items() if key != "LOCKED"})  # fmt: skip (CI sets it)
+                 "ARGS=--model resnet18", f"MODEL_CACHE={tmp_path}", check=False, env=unlocked)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: --pretrained: cannot get ImageNet weights for resnet18 (LocalEntryNotFoundError")
     assert (script.stat().st_mtime_ns if script.exists() else None) == before
