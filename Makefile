@@ -83,7 +83,7 @@ NODE_STAMP := node_modules/.installed
 TEST_WORKERS ?= auto
 
 .PHONY: help venv docs docs-serve sweep summary bench gpu-check reproduce report cluster-files train-nodes train train-local train-docker data data-sample lock lock-check lock-drift lint test test-all test-images clean \
-	new-project doctor check-project check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
+	new-project doctor check-project check-data check-docker images image-ngc lock-images relock pin push shell notebook mlflow execute down \
 	slurm-image slurm-up slurm-shell slurm-down weights
 
 help: ## list the targets
@@ -125,19 +125,19 @@ train: check-project ## train PROJECT on DATA with ARGS="..." [RUNNER=docker|loc
 # in MODEL_CACHE, by the host, where the lock is writable and the hub reachable (nothing when ARGS need no hub weights)
 WEIGHTS_FOR_RUN = $(VENV_PY) -m eurosat.weights --for-run $(PROJECT) $(ARGS)
 
-train-local: check-project $(VENV_STAMP)
+check-data:
 	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
+
+train-local: check-project check-data $(VENV_STAMP)
 	@$(WEIGHTS_FOR_RUN)
 	$$($(MANIFEST) launch $(PROJECT) "$(GPUS)" $(VENV_PY)) --data $(DATA) $(ARGS)
 
-train-docker: check-project check-docker $(VENV_STAMP)
-	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
+train-docker: check-project check-docker check-data $(VENV_STAMP)
 	@$(WEIGHTS_FOR_RUN)
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
 	@$(call compose_env) scripts/compose.sh run --rm train $$($(MANIFEST) launch $(PROJECT) "$(GPUS)") --data /data $(ARGS)
 
-train-nodes: check-project check-docker $(VENV_STAMP) ## train PROJECT on two containers acting as two nodes (torchrun c10d rendezvous, ARGS, GPUS per node)
-	@if [[ ! -d "$(DATA)" ]]; then echo "error: DATA=$(DATA) is not a directory: run 'make data' or 'make data-sample', or set DATA" >&2; exit 2; fi
+train-nodes: check-project check-docker check-data $(VENV_STAMP) ## train PROJECT on two containers acting as two nodes (torchrun c10d rendezvous, ARGS, GPUS per node)
 	@$(WEIGHTS_FOR_RUN)
 	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
 	@$(call compose_env) TRAIN_ARGS="$$($(MANIFEST) layout $(PROJECT) 2 $(or $(GPUS),1)) $(ARGS)" NPROC_PER_NODE=$(or $(GPUS),1) \

@@ -14,7 +14,7 @@ A lock entry may leave out `revision` and `size` when public records give only t
 tf_efficientnet_b5 entry): a value left out is not yet resolved. The first online fetch takes the hub's current
 revision, refuses the file unless its sha256 is the pinned one, and writes the commit and size it found.
 
-Before a container, a torchrun job or a cluster job starts a pretrained run, make calls `for_run` on the host
+Before a container, a torchrun job or a cluster job starts a pretrained run, make calls `for_runs` on the host
 (`python -m eurosat.weights --for-run PROJECT ARGS...`), where the lock is writable and the hub reachable: the
 run then finds its model locked and its file in MODEL_CACHE, offline too.
 """
@@ -55,10 +55,6 @@ class Entry:
 
     def source(self) -> str:
         return f"hf-hub:{self.repo}@{self.revision or 'main'}/{self.file}"
-
-    @property
-    def resolved(self) -> bool:
-        return self.revision is not None and self.size is not None
 
 
 def lock_path() -> Path:
