@@ -46,11 +46,21 @@ $(foreach image,$(IMAGES),$(if $(filter $(PARENT_$(image)),$(IMAGES)),,$(eval $(
 # The image an image is built FROM: its parent image's latest tag, or the root base's reference
 base_of = $(if $(filter $(PARENT_$(1)),$(IMAGES)),$(IMAGE_PREFIX)$(PARENT_$(1)):latest,$($(PARENT_$(1))))
 GIT_SHA := $(shell git rev-parse --short HEAD 2>/dev/null || echo nogit)
-# The container user gets the host user's ids, so files written into runs/ stay the host user's.
+# The images' OCI source label (e.g. https://github.com/you/eurosat), set where images are published; never the
+# checkout's path or remote, which would make every clone build another image
+IMAGE_SOURCE ?=
+# A lock that does not hold on the base it is built on is re-solved into RESOLVED_LOCKS/<layer>/, never over images/
+RESOLVED_LOCKS ?= build/locks
+# NO_BUILD=1: train, notebook, shell, doctor, ... refuse a stale image in one line instead of rebuilding it
+NO_BUILD ?=
+STALE_IMAGES = $(PYTHON) scripts/stale_images.py --images $(IMAGES_DIR) --prefix $(IMAGE_PREFIX) \
+	--root CUDA_BASE=$(CUDA_BASE) --root NGC_BASE=$(NGC_BASE)
+# Before a container runs IMAGE: its layers built from other inputs than the tree's, or on another parent, and the
+# layers on them, are rebuilt in build order (NO_BUILD=1: refused in one line)
+fresh_image = layers=$$($(STALE_IMAGES) stale $(1) $(if $(NO_BUILD),--refuse)) && for layer in $$layers; do $(MAKE) image-$$layer; done
+# Containers run as the host user's ids (one fixed user in the image), so files written into runs/ stay the host user's.
 HOST_UID := $(shell id -u)
 HOST_GID := $(shell id -g)
-IMAGE_UID := $(if $(filter 0,$(HOST_UID)),1000,$(HOST_UID))
-IMAGE_GID := $(if $(filter 0,$(HOST_UID)),1000,$(HOST_GID))
 
 # --- containers -----------------------------------------------------------------------------------
 # `docker compose` when the plugin is there, else the Compose v2 binary that requirements.lock installs in .venv
@@ -115,6 +125,8 @@ check-project:
 	@$(MANIFEST) check "$(PROJECT)"
 
 doctor: check-project ## check this host, Docker and PROJECT's image can train, on the GPUs if any (a table; exit 1: what blocks)
+	@# a stale image is rebuilt first (NO_BUILD=1: refused); one not built yet is the table's to report
+	@if [[ $(RUNNER) == docker ]]; then $(call fresh_image,$(PROJECT_IMAGE) --built-only); fi
 	@$(call compose_env) RUNNER=$(RUNNER) IMAGE_PREFIX=$(IMAGE_PREFIX) VENV_PY=$(VENV_PY) CUDA_BASE=$(CUDA_BASE) NGC_BASE=$(NGC_BASE) \
 		$(PYTHON) src/eurosat/doctor.py
 
@@ -134,12 +146,12 @@ train-local: check-project check-data $(VENV_STAMP)
 
 train-docker: check-project check-docker check-data $(VENV_STAMP)
 	@$(WEIGHTS_FOR_RUN)
-	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
+	@$(call fresh_image,$(PROJECT_IMAGE))
 	@$(call compose_env) scripts/compose.sh run --rm train $$($(MANIFEST) launch $(PROJECT) "$(GPUS)") --data /data $(ARGS)
 
 train-nodes: check-project check-docker check-data $(VENV_STAMP) ## train PROJECT on two containers acting as two nodes (torchrun c10d rendezvous, ARGS, GPUS per node)
 	@$(WEIGHTS_FOR_RUN)
-	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
+	@$(call fresh_image,$(PROJECT_IMAGE))
 	@$(call compose_env) TRAIN_ARGS="$$($(MANIFEST) layout $(PROJECT) 2 $(or $(GPUS),1)) $(ARGS)" NPROC_PER_NODE=$(or $(GPUS),1) \
 		scripts/train-nodes.sh
 
@@ -219,19 +231,23 @@ image-%: check-docker ## build one image (IMAGES in images/hierarchy.env); a mis
 	@if [[ -z "$(filter $*,$(IMAGES))" ]]; then echo "error: no image '$*'; images: $(IMAGES)" >&2; exit 2; fi
 	@if [[ -n "$(filter $(PARENT_$*),$(IMAGES))" ]] && ! $(DOCKER) image inspect $(call base_of,$*) >/dev/null 2>&1; then \
 		$(MAKE) image-$(PARENT_$*); fi
-	@DOCKER=$(DOCKER) PIP_CA=$(PIP_CA) $(PYTHON) scripts/lock_images.py --ngc-base $(NGC_BASE) --build-on $(call base_of,$*) \
-		--out $(IMAGES_DIR) $(if $(LOCKED),--locked) $*
-	DOCKER_BUILDKIT=1 $(DOCKER) build --file $(IMAGES_DIR)/$*/Dockerfile \
-		--build-arg BASE_IMAGE=$(call base_of,$*) --build-arg UID=$(IMAGE_UID) --build-arg GID=$(IMAGE_GID) \
+	@# the build context: IMAGES_DIR, or a copy with the lock re-solved for this base (scripts/lock_images.py says which)
+	@context=$$(DOCKER=$(DOCKER) PIP_CA=$(PIP_CA) $(PYTHON) scripts/lock_images.py --ngc-base $(NGC_BASE) \
+		--build-on $(call base_of,$*) --out $(IMAGES_DIR) --resolved $(RESOLVED_LOCKS) $(if $(LOCKED),--locked) $*) && \
+	lock_sha256=$$(sha256sum $$context/$*/requirements.lock | cut -d' ' -f1) && revision=$$(git rev-parse HEAD 2>/dev/null || echo unknown) && \
+	echo "building $(IMAGE_PREFIX)$*:$(GIT_SHA) on $(call base_of,$*) from $$context" && \
+	DOCKER_BUILDKIT=1 $(DOCKER) build --file $$context/$*/Dockerfile --build-arg BASE_IMAGE=$(call base_of,$*) \
+		--build-arg IMAGE_REVISION=$$revision --build-arg LOCK_SHA256=$$lock_sha256 \
 		$(if $(PIP_CA),--secret id=pip-ca$(comma)src=$(PIP_CA)) \
 		--label org.opencontainers.image.title=$* \
-		--label org.opencontainers.image.source="$$(git remote get-url origin 2>/dev/null || echo $(CURDIR))" \
-		--label org.opencontainers.image.revision="$$(git rev-parse HEAD 2>/dev/null)" \
+		$(if $(IMAGE_SOURCE),--label org.opencontainers.image.source=$(IMAGE_SOURCE)) \
+		--label org.opencontainers.image.revision=$$revision \
 		--label org.opencontainers.image.created="$$(git log -1 --format=%cI 2>/dev/null)" \
 		--label org.opencontainers.image.base.name=$(call base_of,$*) \
 		--label org.opencontainers.image.base.digest="$$(scripts/image-digest.sh $(call base_of,$*))" \
-		--label io.github.eurosat.lock.sha256="$$(sha256sum $(IMAGES_DIR)/$*/requirements.lock | cut -d' ' -f1)" \
-		--tag $(IMAGE_PREFIX)$*:$(GIT_SHA) --tag $(IMAGE_PREFIX)$*:latest $(IMAGES_DIR)
+		--label io.github.eurosat.lock.$*.sha256=$$lock_sha256 \
+		$$($(STALE_IMAGES) labels $* $(call base_of,$*)) \
+		--tag $(IMAGE_PREFIX)$*:$(GIT_SHA) --tag $(IMAGE_PREFIX)$*:latest $$context
 
 lock-images: $(VENV_STAMP) check-docker ## solve each image layer's lock inside NGC_BASE, against its installed packages (LOCK_LAYERS)
 	@$(DOCKER) image inspect $(NGC_BASE) >/dev/null 2>&1 || $(DOCKER) pull $(NGC_BASE)
@@ -246,7 +262,7 @@ cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubefl
 		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args="$(ARGS)" --sweep="$(SWEEP)" --max-requeues $(or $(MAX_REQUEUES),10)
 
 slurm-image: check-project check-docker ## build the Slurm nodes' image on PROJECT's image (slurm-up does it first)
-	@$(DOCKER) image inspect $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest >/dev/null 2>&1 || $(MAKE) image-$(PROJECT_IMAGE)
+	@$(call fresh_image,$(PROJECT_IMAGE))
 	@$(call compose_env) scripts/slurm.sh build
 
 slurm-up: slurm-image $(COMPOSE_DEP) ## start a Slurm cluster in containers (a controller, two compute nodes) on PROJECT's image
@@ -268,22 +284,23 @@ push: check-docker ## push every image tag to REGISTRY=host/namespace; records e
 		echo "$(REGISTRY)/$$image:$(GIT_SHA) $$digest" >>$(PUSHED) && echo "recorded $$digest in $(PUSHED)"; done
 
 shell: check-docker ## open a shell in IMAGE (default jupyter) with the repository mounted
+	@$(call fresh_image,$(or $(IMAGE),jupyter))
 	$(DOCKER) run --rm -it --user $(HOST_UID):$(HOST_GID) -v $(CURDIR):/workspace -w /workspace \
 		$(IMAGE_PREFIX)$(or $(IMAGE),jupyter):latest bash
 
 notebook: check-docker $(COMPOSE_DEP) ## start Jupyter and TensorBoard (detached) and print the URL with the token
 	@# the notebooks train PROJECT's default model: its weights locked and cached first, where that can be done
 	@if [[ -x $(VENV_PY) ]]; then $(WEIGHTS_FOR_RUN) 2>&1 | sed 's/^error: /warning: notebooks: /' >&2 || true; fi
-	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
+	@$(call fresh_image,jupyter)
 	@$(call compose_env) scripts/notebook.sh
 
 mlflow: check-docker $(COMPOSE_DEP) ## start the MLflow tracking server on runs/mlflow.db (detached) and print its URL
-	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
+	@$(call fresh_image,jupyter)
 	@$(call compose_env) scripts/mlflow.sh
 
 execute: check-docker $(COMPOSE_DEP) ## run NOTEBOOK=notebooks/<name>.ipynb top to bottom in the jupyter image (fails on an error)
 	@if [[ ! -f "$(NOTEBOOK)" ]]; then echo "error: NOTEBOOK=$(NOTEBOOK) is not a file; e.g. NOTEBOOK=notebooks/train.ipynb" >&2; exit 2; fi
-	@$(DOCKER) image inspect $(IMAGE_PREFIX)jupyter:latest >/dev/null 2>&1 || $(MAKE) image-jupyter
+	@$(call fresh_image,jupyter)
 	@$(call compose_env) scripts/compose.sh run --rm --no-deps notebook jupyter execute $(NOTEBOOK)
 
 down: $(COMPOSE_DEP) ## stop every container of this repository's compose project
@@ -302,7 +319,8 @@ mkdir -p runs notebooks data $(CACHE_DIR) $(MODEL_CACHE) && \
 REPO_DIR=$(CURDIR) DATA_DIR=$(abspath $(DATA)) CACHE_DIR=$(abspath $(CACHE_DIR)) MODEL_DIR=$(abspath $(MODEL_CACHE)) HOST_UID=$(HOST_UID) HOST_GID=$(HOST_GID) \
 WEIGHTS_LOCK=$(EUROSAT_WEIGHTS_LOCK) \
 PROJECT=$(PROJECT) TRAIN_IMAGE=$(IMAGE_PREFIX)$(PROJECT_IMAGE):latest JUPYTER_IMAGE=$(IMAGE_PREFIX)jupyter:latest \
-CONTAINER_IMAGE_ID="$$($(DOCKER) image inspect -f '{{.Id}}' $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest 2>/dev/null)" \
+TRAIN_IMAGE_ID="$$($(DOCKER) image inspect -f '{{.Id}}' $(IMAGE_PREFIX)$(PROJECT_IMAGE):latest 2>/dev/null)" \
+JUPYTER_IMAGE_ID="$$($(DOCKER) image inspect -f '{{.Id}}' $(IMAGE_PREFIX)jupyter:latest 2>/dev/null)" \
 EUROSAT_GIT_COMMIT="$$(git rev-parse HEAD 2>/dev/null)" EUROSAT_GIT_DIRTY="$$(git status --porcelain 2>/dev/null | head -c1)" \
 DOCKER="$(DOCKER)" COMPOSE="$(COMPOSE)"
 endef

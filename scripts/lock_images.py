@@ -13,17 +13,23 @@ and records the base's fingerprint (images/common/base-fingerprint.py). The lock
 container exactly as the image build does (images/common/install-layer.sh), so the next layer is solved against
 it; a layer's lock in --out is replaced only after that install passed.
 
---build-on: before `make image-<layer>` builds on BASE, the lock's fingerprint is compared with BASE's. Another
-base's lock is re-solved inside BASE, as above, written over --out's lock with a summary of what changed and the
-line to commit it (uv sync's convention); with --locked it is refused in one line instead (uv sync --locked).
+--build-on: before `make image-<layer>` builds on BASE, the lock's fingerprint is compared with BASE's. A lock solved
+against another base is first proven on BASE, in a scratch container, the way the build installs it: every hash,
+no package of the base moved, pip check adds nothing, every requirement of requirements.in met. Where it holds, the
+build uses it (one line says which base it was solved on and what differs); where it fails, the layer is re-solved
+inside BASE into --resolved (build/locks/<layer>/requirements.lock, reused while it fits), never over a tracked
+file, with the command that adopts it, and the build uses a copy of the context holding that lock. With --locked
+only a committed lock that holds is used. It prints the build context to use; what it did goes to stderr.
 The host side needs docker and the standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,7 +90,7 @@ class BaseContainer:
     build's own scripts (images/common) on its PATH."""
 
     def __init__(self, image: str, scratch: Path):
-        mounts = ["-v", f"{scratch}:{WORK}"]
+        mounts = ["-v", f"{scratch}:{WORK}", "-v", "eurosat-pip-cache:/root/.cache/pip"]  # downloads kept for the next
         if os.environ.get("PIP_CA"):  # a TLS-intercepting network: pip needs its CA bundle
             mounts += ["-v", f"{os.environ['PIP_CA']}:/run/secrets/pip-ca:ro", "-e", "PIP_CERT=/run/secrets/pip-ca"]
         self.scratch = scratch
@@ -128,7 +134,7 @@ def lock_ngc_layers(layers: list[str], ngc_base: str, out: Path) -> None:
             for layer in layers:
                 candidate = container.solve(layer, out / layer / "requirements.in", describe_base(layer, ngc_base))
                 # installed as the build installs it; the committed lock is replaced only once that worked
-                container.run("install-layer", f"{WORK}/{layer}.lock", f"images/{layer}/requirements.lock", ngc_base)
+                container.run("install-layer", f"{WORK}/{layer}.lock", f"images/{layer}/requirements.lock")
                 lock = out / layer / "requirements.lock"
                 lock.parent.mkdir(parents=True, exist_ok=True)
                 lock.write_bytes(candidate.read_bytes())
@@ -159,36 +165,118 @@ def changes(before: dict[str, str], after: dict[str, str]) -> str:
     return ", ".join(parts)
 
 
-def build_on(layer: str, base: str, ngc_base: str, out: Path, locked: bool) -> None:
-    """Make the layer's lock in `out` one solved against `base`, the image it is about to be built on."""
-    lock = out / layer / "requirements.lock"
-    name = f"images/{layer}/requirements.lock"
-    recorded = BASE_LINE.search(lock.read_text()) if lock.is_file() else None
-    here = fingerprint(base)
-    if recorded and recorded.group(1) == here:
-        print(f"{name}: solved against this base")
-        return
-    solved = recorded.group(1) if recorded else "no '# base:' line (a lock from before fingerprints)"
-    if locked:
-        raise LockError(
-            f"{name} was solved against another base: lock has {solved}; {ngc_base} has {here}: build without "
-            f"LOCKED=1 to re-solve it for this base, or run 'make lock-images NGC_BASE={ngc_base}'"
-        )
-    print(f"{name} was solved against another base ({solved}); re-solving it inside {base} ({here})")
+def say(line: str) -> None:
+    print(line, file=sys.stderr)  # stdout names the build context
+
+
+def differences(recorded: str, here: str) -> str:
+    """Which parts of two fingerprints differ, in words."""
+    words = {"python": "Python", "platform": "platform", "constraint": "constraint file", "packages": "installed packages"}
+    old, new = (dict(part.split("=", 1) for part in line.split()) for line in (recorded, here))
+    return ", ".join(f"another {words.get(key, key)}" for key in new if old.get(key) != new[key]) or "nothing"
+
+
+class Proofs:
+    """What proving a lock on a base found, kept in --resolved so that the next build does not prove it again."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "proofs.tsv"
+
+    @staticmethod
+    def key(layer: str, out: Path, here: str) -> str:
+        files = [out / layer / "requirements.lock", out / layer / "requirements.in"]
+        return hashlib.sha256(b"".join(path.read_bytes() for path in files) + here.encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        found = [line.split("\t", 1)[1] for line in lines if line.startswith(key + "\t")]
+        return found[-1] if found else None
+
+    def record(self, key: str, outcome: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as proofs:
+            proofs.write(f"{key}\t{outcome}\n")
+
+
+def prove(layer: str, out: Path, base: str) -> str:
+    """'holds', or why the committed lock does not hold on `base`: installed there as the build installs it."""
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         os.chmod(scratch, 0o777)
+        for suffix in ("lock", "in"):
+            (scratch / f"{layer}.{suffix}").write_bytes((out / layer / f"requirements.{suffix}").read_bytes())
         container = BaseContainer(base, scratch)
         try:
-            candidate = container.solve(layer, out / layer / "requirements.in", describe_base(layer, ngc_base))
+            container.run("install-layer", f"{WORK}/{layer}.lock", f"images/{layer}/requirements.lock")
+            container.run("base-fingerprint", "meets", f"{WORK}/{layer}.in", f"images/{layer}/requirements.in")
+        except LockError as error:
+            return str(error).splitlines()[0]
         finally:
             container.close()
-        before = pins(lock)
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        lock.write_bytes(candidate.read_bytes())
-    after = pins(lock)
-    print(f"re-solved {name}: {len(after)} packages the base lacks; against the lock it replaces: {changes(before, after)}")
-    print(f"commit it: git add {name} && git commit -m '{layer}: lock re-solved for {ngc_base}'")
+    return "holds"
+
+
+def fits(lock: Path, here: str, source: Path) -> bool:
+    """A lock in --resolved still fits: solved against this base, from today's requirements.in."""
+    text = lock.read_text() if lock.is_file() else ""
+    recorded = BASE_LINE.search(text)
+    return bool(recorded and recorded.group(1) == here and f"# input sha256: {input_hash(source)}\n" in text)
+
+
+def build_on(layer: str, base: str, ngc_base: str, out: Path, resolved: Path, locked: bool) -> Path:
+    """The build context for the layer on `base`: `out` when its lock is solved against `base` or holds there, else
+    a copy of `out` with the lock re-solved inside `base` (kept in `resolved`)."""
+    lock = out / layer / "requirements.lock"
+    name = f"images/{layer}/requirements.lock"
+    text = lock.read_text() if lock.is_file() else ""
+    recorded = BASE_LINE.search(text)
+    here = fingerprint(base)
+    if recorded and recorded.group(1) == here:
+        say(f"{name}: solved against this base")
+        return out
+    solved_on = re.search(r"^# base image: (\S+)", text, re.M)
+    solved_on = solved_on.group(1) if solved_on else "another base"
+    proofs = Proofs(resolved)
+    key = Proofs.key(layer, out, here)
+    outcome = proofs.get(key)
+    if outcome is None:
+        say(f"{name} was solved on {solved_on}; proving it on {base}")
+        outcome = prove(layer, out, base)
+        proofs.record(key, outcome)
+    if outcome == "holds":
+        differ = differences(recorded.group(1), here) if recorded else "no '# base:' line in the lock"
+        say(f"{name}: solved on {solved_on}, built on {base} ({differ}), where it holds: every hash, no package of "
+            "the base moved, pip check adds nothing, requirements.in met")  # fmt: skip
+        return out
+    if locked:
+        raise LockError(
+            f"{name} does not hold on {base}: {outcome}; LOCKED=1 builds only from committed locks: build without "
+            f"LOCKED=1 to re-solve it into {resolved}, or run 'make lock-images NGC_BASE={ngc_base}'"
+        )
+    fresh = resolved / layer / "requirements.lock"
+    if fits(fresh, here, out / layer / "requirements.in"):
+        say(f"{name} does not hold on {base} ({outcome}); building from {fresh}, re-solved for it earlier")
+    else:
+        say(f"{name} does not hold on {base} ({outcome}); re-solving it there into {fresh}")
+        with tempfile.TemporaryDirectory() as scratch_dir:
+            scratch = Path(scratch_dir)
+            os.chmod(scratch, 0o777)
+            container = BaseContainer(base, scratch)
+            try:
+                candidate = container.solve(layer, out / layer / "requirements.in", describe_base(layer, ngc_base))
+            finally:
+                container.close()
+            fresh.parent.mkdir(parents=True, exist_ok=True)
+            fresh.write_bytes(candidate.read_bytes())
+        after = pins(fresh)
+        say(f"re-solved {name} into {fresh}: {len(after)} packages the base lacks; against the committed lock: "
+            f"{changes(pins(lock), after)}")  # fmt: skip
+        say(f"adopt it: cp {fresh} {name} && git add {name} && git commit -m '{layer}: lock re-solved for {ngc_base}'")
+    context = resolved / "context" / layer
+    shutil.rmtree(context, ignore_errors=True)
+    shutil.copytree(out, context)
+    shutil.copyfile(fresh, context / layer / "requirements.lock")
+    return context
 
 
 def main() -> int:
@@ -196,8 +284,9 @@ def main() -> int:
     parser.add_argument("layers", nargs="+", help="image names in build order")
     parser.add_argument("--ngc-base", required=True, help="the NGC image (or its stand-in) the layers are built on")
     parser.add_argument("--out", type=Path, default=REPO / "images", help="the folder of <layer>/requirements.in and .lock")
-    parser.add_argument("--build-on", metavar="IMAGE", help="re-solve LAYER's lock if it was solved against another base")
-    parser.add_argument("--locked", action="store_true", help="with --build-on: refuse a lock for another base")
+    parser.add_argument("--build-on", metavar="IMAGE", help="print the build context for LAYER on IMAGE (see above)")
+    parser.add_argument("--resolved", type=Path, default=REPO / "build" / "locks", help="with --build-on: re-solved locks")
+    parser.add_argument("--locked", action="store_true", help="with --build-on: only a committed lock that holds")
     args = parser.parse_args()
     unknown = [layer for layer in args.layers if not (args.out / layer / "requirements.in").is_file()]
     if unknown:
@@ -207,8 +296,10 @@ def main() -> int:
     try:
         if args.build_on:
             (layer,) = args.layers
-            if hierarchy.root(layer) == "NGC_BASE":  # a universal lock (CUDA root) fits any base
-                build_on(layer, args.build_on, args.ngc_base, args.out, args.locked)
+            context = args.out  # a universal lock (CUDA root) fits any base
+            if hierarchy.root(layer) == "NGC_BASE":
+                context = build_on(layer, args.build_on, args.ngc_base, args.out, args.resolved.resolve(), args.locked)
+            print(context.resolve())
             return 0
         for layer in args.layers:
             if hierarchy.root(layer) == "CUDA_BASE":

@@ -232,7 +232,8 @@ def test_the_rendered_script_hands_pyxis_the_enroot_form():
     text = (render(PROJECTS[0], 2, 1, "") / "slurm.sbatch").read_text()
     image = manifest.load(PROJECTS[0]).image
     assert re.search(rf"^ENROOT_IMAGE='?registry\.example\.org#team/{image}:[0-9a-f]+'?$", text, re.M), text
-    assert '--container-image="$ENROOT_IMAGE"' in text and '"docker://$IMAGE"' in text  # Apptainer: Docker's form
+    assert 'converted sqsh "docker://$ENROOT_IMAGE" enroot import --output' in text  # converted once, from enroot's form
+    assert 'converted sif "docker://$IMAGE" apptainer build' in text  # Apptainer: Docker's form
 
 
 def test_cluster_files_pin_the_image_by_the_digest_make_push_recorded(tmp_path):
@@ -298,7 +299,69 @@ def test_cluster_files_hand_training_the_weights_cache(default_weights):
 
     text = (out / "slurm.sbatch").read_text()
     assert "MODEL_DIR=${MODEL_DIR:-$REPO_DIR/.cache/models}" in text
-    assert "export PYTHONPATH=$workdir/src EUROSAT_CACHE_DIR=$cache HF_HOME=$models/huggingface TORCH_HOME=$models/torch" in text
-    assert "export TORCHINDUCTOR_CACHE_DIR=$models/inductor TRITON_CACHE_DIR=$models/triton" in text
+    assert '"HF_HOME=$models/huggingface" "TORCH_HOME=$models/torch"\n' in text
+    assert '"TORCHINDUCTOR_CACHE_DIR=$models/inductor" "TRITON_CACHE_DIR=$models/triton" PYTHONNOUSERSITE=1\n' in text
     assert text.count("$MODEL_DIR:/models") == 2  # pyxis and Apptainer mount it; CONTAINER_RUNTIME=none reads it in place
     assert "none) workdir=$REPO_DIR data=$DATA_DIR cache=$CACHE_DIR models=$MODEL_DIR ;;" in text
+
+
+STAND_INS = {  # what the script calls on a node, as the real commands behave for it (no Slurm, enroot or Apptainer)
+    "scontrol": 'if [[ $1 == show ]]; then echo node1; else echo "scontrol $*" >>"$LOG"; fi',
+    # srun runs its command; pyxis's srun starts the container image given to --container-image instead
+    "srun": """image=
+while [[ $1 == --* ]]; do [[ $1 == --container-image=* ]] && image=${1#*=}; echo "srun $1" >>"$LOG"; shift; done
+if [[ -n $image ]]; then echo "pyxis $image PYTHONNOUSERSITE=$PYTHONNOUSERSITE EUROSAT_IMAGE=$EUROSAT_IMAGE" >>"$LOG"; exit 0; fi
+exec "$@\"""",
+    "enroot": 'echo "enroot $*" >>"$LOG"; sleep 1; echo squashfs >"$3"',
+    "apptainer": """if [[ $1 == build ]]; then echo "apptainer $*" >>"$LOG"; sleep 1; echo sif >"$2"; exit 0; fi
+echo "apptainer $*" >>"$LOG\"""",
+}
+
+
+@pytest.mark.parametrize("runtime", ["pyxis", "apptainer"])
+def test_the_image_is_converted_once_for_every_start_and_array_task(runtime, tmp_path):
+    """Two array tasks starting together and a requeued start: one conversion (the first, under a lock), every start
+    runs that file, with a clean environment. Slurm, enroot and Apptainer are not installable here: the commands the
+    script calls are stand-ins that record how they were called."""
+    project = PROJECTS[0]
+    run("make", "cluster-files", f"PROJECT={project}", "NODES=1", f"REGISTRY={REGISTRY}", "SWEEP=--seed 1,2")
+    script = REPO / "build" / "cluster" / f"{project}-1x1-sweep" / "slurm.sbatch"
+    image = re.search(r"^IMAGE=(\S+)$", script.read_text(), re.M).group(1).strip("'")
+    bin_dir, repo, log = tmp_path / "bin", tmp_path / "repo", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for name, body in STAND_INS.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log), "REPO_DIR": str(repo),
+           "CONTAINER_RUNTIME": runtime, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node1",
+           "SLURM_ARRAY_JOB_ID": "41", "PYTHONNOUSERSITE": ""}  # fmt: skip
+
+    def start(task: int, restart: int = 0) -> subprocess.Popen:
+        settings = {"SLURM_JOB_ID": str(42 + task), "SLURM_ARRAY_TASK_ID": str(task), "SLURM_RESTART_COUNT": str(restart)}
+        return subprocess.Popen(["bash", script], env={**env, **settings}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    together = [start(0), start(1)]
+    outputs = [process.communicate(timeout=60) for process in together]
+    requeued = start(0, restart=1)
+    outputs.append(requeued.communicate(timeout=60))
+    assert [process.returncode for process in [*together, requeued]] == [0, 0, 0], outputs
+    calls = log.read_text().splitlines()
+    suffix = "sqsh" if runtime == "pyxis" else "sif"
+    (converted,) = (repo / ".cache" / "images").glob(f"*.{suffix}")
+    conversions = [call for call in calls if call.startswith(("enroot import", "apptainer build"))]
+    if runtime == "pyxis":
+        enroot_image = re.search(r"^ENROOT_IMAGE=(\S+)$", script.read_text(), re.M).group(1).strip("'")
+        assert conversions == [f"enroot import --output {converted}.partial docker://{enroot_image}"]
+        starts = [call for call in calls if call.startswith("pyxis ")]
+        assert starts == [f"pyxis {converted} PYTHONNOUSERSITE=1 EUROSAT_IMAGE={image}"] * 3
+        assert calls.count("srun --no-container-mount-home") == 3
+    else:
+        assert conversions == [f"apptainer build {converted}.partial docker://{image}"]
+        starts = [call for call in calls if call.startswith("apptainer exec")]
+        assert len(starts) == 3
+        for call in starts:
+            words = call.split()
+            assert {"--cleanenv", "--no-home", "--writable-tmpfs", str(converted)} <= set(words)
+            environment = dict(item.split("=", 1) for item in words[words.index("--env") + 1].split(","))
+            assert environment["PYTHONNOUSERSITE"] == "1" and environment["EUROSAT_IMAGE"] == image
+    assert sum("converting" in err for _, err in outputs) == 1

@@ -2,14 +2,16 @@
 """The fingerprint of the Python environment an image layer is installed into, and the checks around it.
 
     base-fingerprint show                      the fingerprint of this environment, one line
-    base-fingerprint check LOCK NAME BASE      fail in one line unless LOCK (shown as NAME) was solved here
+    base-fingerprint check LOCK NAME           say whether LOCK (shown as NAME) was solved here or on another base
     base-fingerprint freeze                    every installed distribution, name==version, one a line
     base-fingerprint unchanged BEFORE          fail unless every distribution in BEFORE (a freeze) is unchanged
+    base-fingerprint meets IN NAME             fail unless every requirement of IN (shown as NAME) is installed
 
 A fingerprint is what decides how a lock solves: the Python version and platform, the sha256 of the pip
 constraint file in force (PIP_CONSTRAINT; NGC's /etc/pip/constraint.txt) and the sha256 of the installed
-distributions. `make lock-images` writes it into each lock as a `# base:` line; the build checks it before pip
-runs. Standard library only: it runs in whatever Python the base has.
+distributions. `make lock-images` writes it into each lock as a `# base:` line. A lock solved on another base is
+installed only where it holds (install-layer: every hash, no package of the base moved, pip check adds nothing).
+Standard library only (and the `packaging` every pip vendors): it runs in whatever Python the base has.
 """
 
 import hashlib
@@ -45,19 +47,41 @@ def fingerprint() -> str:
     return f"python={python} platform={sysconfig.get_platform()} constraint={constraint_hash} packages={packages}"
 
 
-def check(lock: Path, name: str, base: str) -> int:
+def check(lock: Path, name: str) -> int:
     recorded = BASE_LINE.search(lock.read_text())
     here = fingerprint()
     if recorded and recorded.group(1) == here:
         print(f"{name}: solved against this base ({here})")
-        return 0
-    solved = recorded.group(1) if recorded else "no '# base:' line (a lock from before fingerprints)"
-    print(
-        f"error: {name} was solved against another base: lock has {solved}; {base} has {here}: "
-        f"run 'make lock-images NGC_BASE={base}' to solve the locks against this base",
-        file=sys.stderr,
-    )
-    return 1
+    else:
+        solved = recorded.group(1) if recorded else "no '# base:' line"
+        print(f"{name}: solved against another base ({solved}), not this one ({here}): installed only if it holds here")
+    return 0
+
+
+def meets(source: Path, name: str) -> int:
+    """Every requirement of a requirements.in installed at a version it allows: what a lock solved on another base
+    may leave unmet (a package that base had and this one lacks), and pip check does not see."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # a base without packaging: pip always carries its own copy
+        from pip._vendor.packaging.requirements import Requirement
+    installed = dict(line.split("==", 1) for line in freeze())
+    unmet = []
+    for line in source.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate():
+            continue
+        version = installed.get(re.sub(r"[-_.]+", "-", requirement.name).lower())
+        if version is None or not requirement.specifier.contains(version, prereleases=True):
+            unmet.append(f"{requirement} ({'not installed' if version is None else version})")
+    if unmet:
+        print(f"error: {name} is not met here: {', '.join(unmet)}", file=sys.stderr)
+        return 1
+    print(f"{name}: every requirement met")
+    return 0
 
 
 def unchanged(before: Path) -> int:
@@ -84,7 +108,9 @@ def main(argv: list[str]) -> int:
         print("\n".join(freeze()))
         return 0
     if command == "check":
-        return check(Path(args[0]), args[1], args[2])
+        return check(Path(args[0]), args[1])
+    if command == "meets":
+        return meets(Path(args[0]), args[1])
     if command == "unchanged":
         return unchanged(Path(args[0]))
     print(__doc__, file=sys.stderr)

@@ -1,10 +1,12 @@
 #!/bin/sh
-# Create the non-root user `app` with the given UID and GID. An account already holding them (the
-# `ubuntu` user of Ubuntu 24.04 images) is removed first. HOME and its caches are writable by any UID,
-# so compose can run the container as the invoking host user and files in bind mounts stay theirs.
+# Create the non-root user `app`, UID and GID 1000 in every image: one fixed user, as docker-stacks has, so that
+# every user of a commit builds the same image. An account already holding those ids (the `ubuntu` user of
+# Ubuntu 24.04 images) is removed first. Containers run as the host user's ids at run time (compose `user:`,
+# `make shell`, the dev container, the Slurm nodes): HOME and its caches are writable by any UID, and USER names
+# `app`, so getpass.getuser() works for an id without a passwd entry.
 set -eu
-uid=$1
-gid=$2
+uid=1000
+gid=1000
 user=$(getent passwd "$uid" | cut -d: -f1) || true
 if [ -n "$user" ]; then userdel --remove "$user" 2>/dev/null || userdel "$user"; fi
 group=$(getent group "$gid" | cut -d: -f1) || true

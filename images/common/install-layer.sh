@@ -1,7 +1,8 @@
 #!/bin/sh
-# Install one layer's hashed lock into the base it was solved against, and prove that nothing of the base changed.
-# Usage: install-layer LOCK NAME NGC_BASE   (NAME: the lock's path in the repository; NGC_BASE: for the fix it names)
-# 1. the base's fingerprint must be the one the lock records (else one line naming the fix, before pip runs);
+# Install one layer's hashed lock into its base, and prove that nothing of the base changed.
+# Usage: install-layer LOCK NAME   (NAME: the lock's path in the repository, for the messages)
+# 1. say whether the lock was solved against this base (its fingerprint) or another one, where it is installed only
+#    if the steps below hold (scripts/lock_images.py proves that in a scratch container before a build);
 # 2. pip installs exactly the lock (--require-hashes --no-deps), with the base's PIP_CONSTRAINT in force;
 # 3. pip check finds no problem the base did not already have (NVIDIA's own builds may declare requirements
 #    that pip check flags: those are the base's, reported, not this layer's), and every package the base had
@@ -9,14 +10,19 @@
 set -eu
 lock=$1
 name=$2
-ngc_base=$3
-base-fingerprint check "$lock" "$name" "$ngc_base"
+base-fingerprint check "$lock" "$name"
 before=$(mktemp)
 base_problems=$(mktemp)
 problems=$(mktemp)
 base-fingerprint freeze >"$before"
 python3 -m pip check >"$base_problems" 2>&1 || true
-python3 -m pip install --quiet --require-hashes --no-deps -r "$lock"
+if ! python3 -m pip install --quiet --require-hashes --no-deps -r "$lock" 2>"$problems"; then
+  cat "$problems" >&2
+  # pip's reason in one line: the conflicting requests (a pin against the base's constraint), else its last error
+  why=$(grep -E 'requested|^ERROR' "$problems" | sed 's/^ *//' | tr '\n' ';' | sed 's/;$//; s/;/; /g')
+  echo "error: $name does not install here: $why" >&2
+  exit 1
+fi
 if ! python3 -m pip check >"$problems" 2>&1; then
   added=$(grep -vxFf "$base_problems" "$problems" || true)
   if [ -n "$added" ]; then

@@ -161,6 +161,8 @@ def pytorchjob(args, train_args: list[str], name: str, run_dir: str) -> dict:
             {"name": "TORCH_HOME", "value": "/models/torch"},
             {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/models/inductor"},  # torch.compile's kernels, kept
             {"name": "TRITON_CACHE_DIR", "value": "/models/triton"},
+            {"name": "PYTHONNOUSERSITE", "value": "1"},
+            {"name": "EUROSAT_IMAGE", "value": args.image},  # provenance.json records the image, by digest when pushed
         ],
         "resources": {"limits": {"nvidia.com/gpu": str(args.gpus)}},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False},

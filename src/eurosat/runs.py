@@ -214,8 +214,21 @@ def provenance(seed: int, device: torch.device, world_size: int = 1) -> dict:
             "gpus": gpus,
             "driver": driver,
         },
-        "container": {
-            "in_container": Path("/.dockerenv").exists(),
-            "image_id": os.environ.get("CONTAINER_IMAGE_ID"),
-        },
+        "container": container_image(),
+    }
+
+
+def container_image() -> dict:
+    """The image a run ran in, from every runner: what the image says of itself (the commit it was built from, each
+    layer's lock: its Dockerfiles' ENV), and what the runner that started it knows (compose: the image id; Slurm and
+    the PyTorchJob: the reference, pinned by digest where `make push` recorded one)."""
+    image = os.environ.get("EUROSAT_IMAGE") or None
+    locks = os.environ.get("EUROSAT_IMAGE_LOCKS", "")
+    return {
+        "in_container": Path("/.dockerenv").exists() or "EUROSAT_IMAGE_REVISION" in os.environ,
+        "image": image,
+        "image_id": os.environ.get("CONTAINER_IMAGE_ID") or None,
+        "digest": image.split("@", 1)[1] if image and "@sha256:" in image else None,
+        "revision": os.environ.get("EUROSAT_IMAGE_REVISION") or None,
+        "locks": dict(layer.split("=", 1) for layer in locks.split() if "=" in layer) or None,
     }

@@ -44,6 +44,8 @@ COMPARABLE = {
     for label, name in (
         ("code commit", "git commit"),
         ("lock sha256", "lockfile sha256"),
+        ("image id", "container image id"),
+        ("image digest", "container image digest"),
         ("weights sha256", "pretrained weights sha256"),
         ("GPUs", "GPUs"),
         ("processes", "processes"),
