@@ -171,9 +171,10 @@ def say(line: str) -> None:
 
 def differences(recorded: str, here: str) -> str:
     """Which parts of two fingerprints differ, in words."""
-    words = {"python": "Python", "platform": "platform", "constraint": "constraint file", "packages": "installed packages"}
+    words = {"python": "Python version", "constraint": "constraint file", "packages": "installed packages"}
     old, new = (dict(part.split("=", 1) for part in line.split()) for line in (recorded, here))
-    return ", ".join(f"another {words.get(key, key)}" for key in new if old.get(key) != new[key]) or "nothing"
+    differing = [words.get(key, key) for key in new if old.get(key) != new[key]]
+    return f"its {' and '.join(differing)} differ" if differing else "the same fingerprint"
 
 
 class Proofs:

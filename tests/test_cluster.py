@@ -248,9 +248,10 @@ def test_cluster_files_pin_the_image_by_the_digest_make_push_recorded(tmp_path):
     out = REPO / "build" / "cluster" / f"{PROJECTS[0]}-2x1"
     assert f"ENROOT_IMAGE='registry.example.org#team/{image}:{DIGEST}'" in (out / "slurm.sbatch").read_text()
     job = yaml.safe_load((out / "pytorchjob.yaml").read_text())
-    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == (
-        f"{REGISTRY}/{image}@{DIGEST}"
-    )
+    (container,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert container["image"] == f"{REGISTRY}/{image}@{DIGEST}"
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["EUROSAT_IMAGE"] == container["image"] and env["PYTHONNOUSERSITE"] == "1"  # provenance.json records it
     unpinned = run("make", "cluster-files", f"PROJECT={PROJECTS[0]}", "NODES=2", f"REGISTRY={REGISTRY}",
                    f"PUSHED={tmp_path / 'none.txt'}")  # fmt: skip
     assert f"image {REGISTRY}/{image}:{sha}: pinned by tag" in unpinned.stdout
@@ -338,7 +339,8 @@ def test_the_image_is_converted_once_for_every_start_and_array_task(runtime, tmp
 
     def start(task: int, restart: int = 0) -> subprocess.Popen:
         settings = {"SLURM_JOB_ID": str(42 + task), "SLURM_ARRAY_TASK_ID": str(task), "SLURM_RESTART_COUNT": str(restart)}
-        return subprocess.Popen(["bash", script], env={**env, **settings}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        return subprocess.Popen(["bash", script], env={**env, **settings}, **streams)
 
     together = [start(0), start(1)]
     outputs = [process.communicate(timeout=60) for process in together]

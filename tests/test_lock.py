@@ -1,6 +1,7 @@
 """Lock integrity: a hand-edited or corrupted hash stops `make venv` before anything is installed, and
 `make lock-check` names the damaged lock (the image build's own check is in tests/images/test_compose.py)."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -139,3 +140,36 @@ def test_lock_drift_names_an_unknown_layer_in_one_line():
     result = run(sys.executable, "scripts/lock_drift.py", "--ngc-base", "any", "nope", check=False)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.splitlines() == [f"error: no {REPO / 'images'}/<layer>/requirements.in for nope"]
+
+
+def renovate_patterns(manager: dict) -> list[re.Pattern]:
+    return [re.compile(pattern.strip("/")) for pattern in manager["managerFilePatterns"]]
+
+
+def test_renovate_finds_every_pin_the_locks_are_made_from():
+    """renovate.json covers the root bases' digests, every requirements.in (the venv's and each layer's) and the torch
+    version of images/versions.env, and Renovate's own schema (vendored by check-jsonschema: offline) accepts it."""
+    config = json.loads((REPO / "renovate.json").read_text())
+    tracked = run("git", "ls-files", "-co", "--exclude-standard").stdout.split()
+    docker_files = [name for name in tracked if any(p.search(name) for p in renovate_patterns(config["dockerfile"]))]
+    root_bases = [name for name in tracked if name.endswith("Dockerfile") and " AS root-base" in (REPO / name).read_text()]
+    assert root_bases and set(root_bases) <= set(docker_files)
+    inputs = [name for name in tracked if any(p.search(name) for p in renovate_patterns(config["pip_requirements"]))]
+    assert sorted(inputs) == sorted(name for name in tracked if name.endswith("requirements.in"))
+    versions = [manager for manager in config["customManagers"]
+                if any(p.search("images/versions.env") for p in renovate_patterns(manager))]  # fmt: skip
+    text = (REPO / "images" / "versions.env").read_text()
+    assert sorted(manager["depNameTemplate"] for manager in versions) == ["torch", "torchvision"]
+    assert all(re.search(manager["matchStrings"][0].replace("(?<", "(?P<"), text) for manager in versions)  # JS groups
+    validate = [REPO / ".venv" / "bin" / "check-jsonschema", "--builtin-schema", "vendor.renovate"]
+    assert subprocess.run([*validate, REPO / "renovate.json"], capture_output=True).returncode == 0
+
+
+def test_a_broken_renovate_config_fails_its_schema_check(tmp_path):
+    config = json.loads((REPO / "renovate.json").read_text())
+    config["enabledManagers"] = "dockerfile"  # not a list
+    broken = tmp_path / "renovate.json"
+    broken.write_text(json.dumps(config))
+    validate = [REPO / ".venv" / "bin" / "check-jsonschema", "--builtin-schema", "vendor.renovate", broken]
+    result = subprocess.run(validate, capture_output=True, text=True)
+    assert result.returncode != 0 and "$.enabledManagers: 'dockerfile' is not of type 'array'" in result.stdout

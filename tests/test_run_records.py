@@ -80,3 +80,32 @@ def test_a_checkpoint_that_cannot_be_written_says_whether_there_is_one_to_resume
         assert torch.load(folder / "last.ckpt")["step"] == 1
     else:
         assert message.endswith("then train again: no checkpoint was written yet, so there is nothing to resume")
+
+
+def test_provenance_names_the_image_every_runner_started(monkeypatch):
+    """What an image says of itself (its Dockerfiles' ENV) and what the runner knows (compose: the id; Slurm and the
+    PyTorchJob: the reference by digest) land in provenance.json; make reproduce and make report name each."""
+    from eurosat import reproduce, runs
+    from eurosat.report import container_image
+
+    digest = "sha256:" + "ab" * 32
+    monkeypatch.setenv("EUROSAT_IMAGE", f"registry.example.org/team/lightning@{digest}")
+    monkeypatch.setenv("EUROSAT_IMAGE_REVISION", "1" * 40)
+    monkeypatch.setenv("EUROSAT_IMAGE_LOCKS", "torch-ngc=aaa lightning=bbb")
+    monkeypatch.delenv("CONTAINER_IMAGE_ID", raising=False)
+    recorded = runs.container_image()
+    assert recorded == {"in_container": True, "image": f"registry.example.org/team/lightning@{digest}", "image_id": None,
+                        "digest": digest, "revision": "1" * 40, "locks": {"torch-ngc": "aaa", "lightning": "bbb"}}  # fmt: skip
+    assert container_image(recorded) == f"registry.example.org/team/lightning@{digest}, built from {'1' * 40}"
+    monkeypatch.setenv("EUROSAT_IMAGE_LOCKS", "torch-ngc=aaa lightning=ccc")
+    now = runs.container_image()
+    assert reproduce.differences({"container": recorded}, {"container": now}) == [
+        "warning: container image locks differs: recorded {'torch-ngc': 'aaa', 'lightning': 'bbb'}, "
+        "now {'torch-ngc': 'aaa', 'lightning': 'ccc'}"
+    ]
+    for name in ("EUROSAT_IMAGE", "EUROSAT_IMAGE_REVISION", "EUROSAT_IMAGE_LOCKS"):
+        monkeypatch.delenv(name)
+    outside = runs.container_image()  # a venv run: nothing but whether this is a container at all
+    assert {key: value for key, value in outside.items() if key != "in_container"} == dict.fromkeys(
+        ("image", "image_id", "digest", "revision", "locks")
+    )

@@ -16,13 +16,14 @@ base_problems=$(mktemp)
 problems=$(mktemp)
 base-fingerprint freeze >"$before"
 python3 -m pip check >"$base_problems" 2>&1 || true
-if ! python3 -m pip install --quiet --require-hashes --no-deps -r "$lock" 2>"$problems"; then
+if ! python3 -m pip install --require-hashes --no-deps -r "$lock" >"$problems" 2>&1; then
   cat "$problems" >&2
-  # pip's reason in one line: the conflicting requests (a pin against the base's constraint), else its last error
-  why=$(grep -E 'requested|^ERROR' "$problems" | sed 's/^ *//' | tr '\n' ';' | sed 's/;$//; s/;/; /g')
-  echo "error: $name does not install here: $why" >&2
+  # pip's reason in one line: the conflicting requests (a pin against the base's constraint), else its errors
+  why=$(grep 'requested' "$problems" || grep '^ERROR' "$problems" || tail -n 1 "$problems")
+  echo "error: $name does not install here: $(echo "$why" | sed 's/^ *//' | paste -sd ';' | sed 's/;/; /g')" >&2
   exit 1
 fi
+tail -n 1 "$problems" # pip's "Successfully installed ..."
 if ! python3 -m pip check >"$problems" 2>&1; then
   added=$(grep -vxFf "$base_problems" "$problems" || true)
   if [ -n "$added" ]; then

@@ -63,6 +63,14 @@ def figure(metrics: list[dict], evaluation: dict | None):
     return fig
 
 
+def container_image(container: dict) -> str:
+    """The image a run ran in, as provenance.json names it: reference, id or digest, the commit it was built from."""
+    if not container.get("image") and not container.get("image_id"):
+        return "none"
+    named = " ".join(filter(None, (container.get("image"), container.get("image_id"))))  # a digest is in the reference
+    return named + (f", built from {container['revision']}" if container.get("revision") else "")
+
+
 def markdown(
     run_dir: Path, config: dict, provenance: dict, metrics: list[dict], evaluation: dict | None, test: dict | None = None
 ) -> str:
@@ -75,7 +83,7 @@ def markdown(
         f"| started | {provenance.get('started')} |",
         f"| git commit | {git.get('commit')}{' (uncommitted changes)' if git.get('dirty') else ''} |",
         f"| lockfile sha256 | {provenance.get('lockfile', {}).get('sha256')} |",
-        f"| container image | {provenance.get('container', {}).get('image_id') or 'none'} |",
+        f"| container image | {container_image(provenance.get('container') or {})} |",
         f"| versions | {', '.join(f'{name} {version}' for name, version in versions.items())} |",
         f"| hardware | {hardware.get('device')} x{hardware.get('world_size')}, {gpus}, {hardware.get('cpus')} CPUs |",
     ]

@@ -184,6 +184,45 @@ def test_changing_the_jupyter_lock_rebuilds_only_that_layer(built_images, tmp_pa
         make("image-jupyter")  # back to the repository's own lock
 
 
+def test_a_stale_layer_and_the_layers_on_it_are_rebuilt_before_a_container_runs(built_images, tmp_path):
+    """make doctor (as make train, notebook, shell, mlflow, execute, train-nodes) compares each layer's recorded inputs
+    and parent with the tree first: after an edit of lightning's lock it rebuilds lightning, not torch-ngc; jupyter,
+    built on the lightning that is gone, is stale too; NO_BUILD=1 refuses in one line instead of building."""
+    prefix = "eurosat-stale/"  # images of their own names: the others' stay as they are
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    settings = [f"IMAGE_PREFIX={prefix}", f"IMAGES_DIR={images}", "PROJECT=eurosat-lightning"]
+
+    def ids() -> dict[str, str]:
+        return {layer: docker("images", "--quiet", "--no-trunc", f"{prefix}{layer}:latest").stdout.strip()
+                for layer in ("torch-ngc", "lightning", "jupyter")}  # fmt: skip
+
+    try:
+        make("image-jupyter", *settings)  # every layer under these names
+        before = ids()
+        fresh = make("doctor", *settings)
+        assert "rebuilding" not in fresh.stderr and ids() == before
+        lock = images / "lightning" / "requirements.lock"
+        lock.write_text(lock.read_text() + f"# a change to the lightning layer, {time.time()}\n")  # unique: no cache hit
+        why = "images/lightning/ or images/common/ changed since it was built (its Dockerfile, lock or scripts)"
+        refused = make("doctor", *settings, "NO_BUILD=1", check=False)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert f"error: {prefix}lightning:latest is stale: {why}; NO_BUILD is set: run 'make image-lightning'" in refused.stderr
+        assert ids() == before
+        result = make("doctor", *settings)
+        assert f"rebuilding {prefix}lightning:latest: {why}" in result.stderr and "torch-ngc:latest: " not in result.stderr
+        after = ids()
+        assert after["torch-ngc"] == before["torch-ngc"] and after["lightning"] != before["lightning"]
+        shell = make("shell", "IMAGE=jupyter", *settings, "NO_BUILD=1", check=False)
+        assert shell.returncode != 0
+        assert (f"error: {prefix}jupyter:latest is stale: built on another {prefix}lightning:latest than the one there "
+                "now; NO_BUILD is set: run 'make image-jupyter'") in shell.stderr  # fmt: skip
+    finally:
+        tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"{prefix}*").stdout.split()
+        if tags:
+            docker("rmi", *tags)
+
+
 def test_a_tampered_hash_in_an_image_lock_fails_the_build(built_images, tmp_path):
     from test_lock import tamper_hashes
 

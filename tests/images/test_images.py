@@ -1,18 +1,23 @@
 """The images, built by make on stand-in root bases and checked with real containers."""
 
+import grp
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from engine import HIERARCHY, IMAGES, STANDIN_NGC, docker, image_id, make, make_settings
-from helpers import MODEL, PROJECTS, REPO, SMALL, copy_repository, make_in_clone
+from engine import HIERARCHY, IMAGES, STANDIN_NGC, docker, image_id, make, make_settings, parent_image
+from helpers import MODEL, PROJECTS, REPO, SMALL, copy_repository, make_in_clone, script_module
 
 from eurosat import manifest
 
+stale_images = script_module(REPO / "scripts" / "stale_images.py", "stale_images")
+OTHER_USER = "eurosat-builder"
 # What each image adds; an image is checked for its own and its parents' (docker-stacks' parent map)
 PACKAGES = {
     "cuda-base": ["torch", "torchvision"],
@@ -127,17 +132,80 @@ def test_runs_as_the_non_root_user(probed, image):
     assert probe["uid"] != 0 and probe["user"] == "app" and probe["home"] == "/home/app"
 
 
+def labels_of(image: str) -> dict[str, str]:
+    return json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", image).stdout)
+
+
+def identity(layer: str) -> dict[str, str]:
+    """What a layer's image should say of itself: each lock of its lineage, root first, and the commit."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    locks = {name: hashlib.sha256((REPO / "images" / name / "requirements.lock").read_bytes()).hexdigest()
+             for name in reversed(HIERARCHY.lineage(layer))}  # fmt: skip
+    return {"revision": head, "locks": locks}
+
+
 @pytest.mark.parametrize("image", IMAGES)
-def test_labels(built_images, image):
-    labels = json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", f"eurosat/{image}:latest").stdout)
-    lock = (REPO / "images" / image / "requirements.lock").read_bytes()
-    assert labels["io.github.eurosat.lock.sha256"] == hashlib.sha256(lock).hexdigest()
-    assert len(labels["org.opencontainers.image.revision"]) == 40
+def test_labels_and_environment_name_what_the_image_was_built_from(built_images, image):
+    labels = labels_of(f"eurosat/{image}:latest")
+    expected = identity(image)
+    for layer, sha256 in expected["locks"].items():  # its own lock's and, inherited, its parents'
+        assert labels[f"io.github.eurosat.lock.{layer}.sha256"] == sha256, layer
+    assert labels["org.opencontainers.image.revision"] == expected["revision"]
     assert labels["org.opencontainers.image.base.digest"].startswith("sha256:")
-    for key in ("source", "created", "base.name", "title"):
+    assert labels["io.github.eurosat.inputs.sha256"] == stale_images.inputs_hash(REPO / "images", image)
+    parent = docker("image", "inspect", "--format", "{{.Id}}", parent_image(image)).stdout.strip()
+    assert labels["io.github.eurosat.parent"] == parent
+    for key in ("created", "base.name", "title"):
         assert labels[f"org.opencontainers.image.{key}"], key
+    assert "org.opencontainers.image.source" not in labels  # IMAGE_SOURCE unset: never the checkout's path
+    env = dict(line.split("=", 1) for line in run_in(image, "env").splitlines() if line.startswith("EUROSAT_IMAGE_"))
+    assert env == {"EUROSAT_IMAGE_REVISION": expected["revision"],
+                   "EUROSAT_IMAGE_LOCKS": " ".join(f"{layer}={sha}" for layer, sha in expected["locks"].items())}  # fmt: skip
     short_sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert image_id(image) == docker("image", "inspect", "--format", "{{.Id}}", f"eurosat/{image}:{short_sha}").stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def other_user() -> pwd.struct_passwd:
+    """A host user other than this one (another UID and GID), who may use the engine."""
+    socket_group = grp.getgrgid(os.stat("/var/run/docker.sock").st_gid).gr_name
+    if subprocess.run(["id", OTHER_USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--uid", "4242", "--user-group", "--groups", socket_group, OTHER_USER],
+                       check=True)  # fmt: skip
+    return pwd.getpwnam(OTHER_USER)
+
+
+def remove_tags(pattern: str) -> None:
+    tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", pattern).stdout.split()
+    if tags:
+        docker("rmi", *tags)
+
+
+def test_every_user_builds_the_same_image(built_images, other_user):
+    """No host-specific build argument: the same commit built by root (CI) and by another user (UID and GID 4242), each
+    from a clone of their own, gives the same image ids (so the same layers): an image one colleague pushes is the
+    one another would build. Run as root, to be both users."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to build as a second host user too (CI runs as root)")
+    clone = Path(other_user.pw_dir) / "eurosat"
+    shutil.rmtree(clone, ignore_errors=True)
+    subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", REPO, clone], check=True)
+    subprocess.run(["chown", "-R", f"{other_user.pw_uid}:{other_user.pw_gid}", clone], check=True)
+    targets = ["image-cuda-base", "image-torch-ngc", "IMAGE_PREFIX=eurosat-uid/", *make_settings()]
+    trust = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}  # root in their clone
+    ids = {}
+    try:
+        for who, prefix in (("root", []), (other_user.pw_name, ["runuser", "-u", other_user.pw_name, "--"])):
+            env = {**os.environ, **trust, "HOME": "/root" if who == "root" else other_user.pw_dir}
+            result = subprocess.run([*prefix, "make", *targets], cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            ids[who] = {layer: docker("image", "inspect", "--format", "{{.Id}}", f"eurosat-uid/{layer}:latest").stdout.strip()
+                        for layer in ("cuda-base", "torch-ngc")}  # fmt: skip
+            remove_tags("eurosat-uid/*")  # (tags only: the engine keeps images other tags name)
+        print(f"\nimage ids, built by root and by {other_user.pw_name} (uid {other_user.pw_uid}): {ids}")
+        assert ids["root"] == ids[other_user.pw_name]
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)
 
 
 @pytest.mark.parametrize("project", PROJECTS)
@@ -158,7 +226,9 @@ def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_im
             assert (run_dir / name).is_file(), name
             assert (run_dir / name).stat().st_uid == os.getuid()  # the host user's files
         provenance = json.loads((run_dir / "provenance.json").read_text())
-        assert provenance["container"] == {"in_container": True, "image_id": image_id(image)}
+        expected = identity(image)
+        assert provenance["container"] == {"in_container": True, "image": f"eurosat/{image}:latest", "image_id": image_id(image),
+                                           "digest": None, **expected}  # fmt: skip
         assert provenance["lockfile"]["path"] == f"/opt/eurosat/{image}.lock"
         assert len(provenance["git"]["commit"]) == 40
     finally:

@@ -1,6 +1,8 @@
-"""The NGC layers on an NGC-like base: locks solved against the base's own packages, a fingerprint the build
-checks before pip runs, and nothing NVIDIA installed changed by any layer, by pip or by uv."""
+"""The NGC layers on an NGC-like base: locks solved against the base's own packages, used on another base where they
+hold and re-solved into build/ where they do not, and nothing NVIDIA installed changed by any layer, by pip or by uv."""
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -105,29 +107,12 @@ def one_error(log: str, prefix: str) -> str:
     return errors.pop()
 
 
-def test_locked_refuses_a_lock_solved_against_another_base_in_one_line(built_images, tmp_path):
-    images = tmp_path / "images"
-    shutil.copytree(REPO / "images", images)
-    lock = images / "torch-ngc" / "requirements.lock"
-    text = lock.read_text()
-    other = "python=3.12 platform=linux-x86_64 constraint=sha256:" + "0" * 64 + " packages=sha256:" + "1" * 64
-    lock.write_text(re.sub(r"^# base: .+$", f"# base: {other}", text, count=1, flags=re.M))
-    before = image_id("torch-ngc")
-    result = make("image-torch-ngc", f"IMAGES_DIR={images}", "LOCKED=1", check=False)
-    assert result.returncode != 0
-    error = one_error(result.stdout + result.stderr, "images/torch-ngc/requirements.lock")
-    here = re.search(r"^# base: (.+)$", text, re.M).group(1)
-    assert f"lock has {other}; {STANDIN_NGC} has {here}" in error
-    assert f"build without LOCKED=1 to re-solve it for this base, or run 'make lock-images NGC_BASE={STANDIN_NGC}'" in error
-    assert "DOCKER_BUILDKIT=1" not in result.stdout  # refused before the build started
-    assert image_id("torch-ngc") == before  # the previous image stays
-
-
 RESTRICTED_PREFIX = "eurosat-restricted/"
+COMMITTED_BASE = STANDIN_NGC  # what the committed locks were solved on (their "# base image:" line)
 
 
 def make_on_restricted(*args: str, locked: str = "", check: bool = True, ngc_base: str = STANDIN_NGC_RESTRICTED):
-    """make with the restricted stand-in as NGC_BASE, images under their own names, LOCKED unset (uv sync's default)."""
+    """make with another stand-in as NGC_BASE, images under their own names, LOCKED unset (uv sync's default)."""
     settings = [*make_settings(), f"NGC_BASE={ngc_base}", f"IMAGE_PREFIX={RESTRICTED_PREFIX}", f"LOCKED={locked}"]
     result = subprocess.run(["make", *args, *settings], cwd=REPO, capture_output=True, text=True, timeout=1800)
     if check:
@@ -143,6 +128,18 @@ def restricted_images():
         docker("rmi", *tags)
 
 
+def derived_base(tag: str, script: str, base: str = STANDIN_NGC) -> str:
+    """A stand-in variant: `base` changed by `script`, run as root with the index reachable, committed as `tag`."""
+    ca = os.environ.get("PIP_CA")
+    mount = ["-v", f"{ca}:/run/ca.crt:ro"] if ca else []  # (not -e: the committed image would keep the setting)
+    script = ("export PIP_CERT=/run/ca.crt; " if ca else "") + script
+    container_id = docker("run", "-d", "--user", "root", *mount, "--entrypoint", "sh", base, "-c", script).stdout.strip()
+    assert docker("wait", container_id, timeout=600).stdout.strip() == "0", docker("logs", container_id).stderr
+    docker("commit", "--change", "ENTRYPOINT []", "--change", 'CMD ["bash"]', container_id, tag)
+    docker("rm", container_id)
+    return tag
+
+
 def pins(lock: str) -> dict[str, str]:
     return dict(re.findall(r"^([a-z0-9-]+)==(\S+) ", lock, re.M))
 
@@ -151,71 +148,95 @@ def restricted_id(layer: str) -> str:
     return docker("image", "inspect", "--format", "{{.Id}}", f"{RESTRICTED_PREFIX}{layer}:latest").stdout.strip()
 
 
-def test_locks_for_another_base_are_re_solved_inside_it_then_built(built_images, restricted_images, tmp_path):
-    """NGC's real constraint file may pin only numba and llvmlite: the committed locks' fingerprints cannot match, so
-    `make image-jupyter` solves each NGC layer inside the base it is built on (torch-ngc, then lightning on that,
-    then jupyter), writes each lock into the build context, says what changed and how to commit it, and builds; a
-    second build solves nothing; LOCKED=1 refuses the committed lock instead."""
-    images = tmp_path / "images"
-    shutil.copytree(REPO / "images", images)
-    committed = {layer: (REPO / "images" / layer / "requirements.lock").read_text() for layer in NGC_LAYERS}
-    result = make_on_restricted("image-jupyter", f"IMAGES_DIR={images}")
-    print("\n".join(line for line in result.stdout.splitlines() if "solv" in line or "commit it" in line))
-    lines = result.stdout.splitlines()
-    base = freeze(STANDIN_NGC_RESTRICTED)
-    for layer in NGC_LAYERS:
-        resolved = (images / layer / "requirements.lock").read_text()
-        parent = STANDIN_NGC_RESTRICTED if PARENT[layer] == STANDIN_NGC else PARENT[layer].replace("eurosat/", RESTRICTED_PREFIX)
-        assert re.search(r"^# base: (.+)$", resolved, re.M).group(1) == base_fingerprint(parent, "show"), layer
-        assert (REPO / "images" / layer / "requirements.lock").read_text() == committed[layer]  # the tree is untouched
-        before, after = pins(committed[layer]), pins(resolved)
-        added, removed = after.keys() - before.keys(), before.keys() - after.keys()
-        moved = [name for name in after.keys() & before.keys() if before[name] != after[name]]
-        name = f"images/{layer}/requirements.lock"
-        summary = next(line for line in lines if line.startswith(f"re-solved {name}: "))
-        assert summary.startswith(
-            f"re-solved {name}: {len(after)} packages the base lacks; against the lock it replaces: {len(added)} added"
-        )
-        assert f", {len(removed)} removed" in summary and f", {len(moved)} changed" in summary
-        assert f"commit it: git add {name} && git commit -m '{layer}: lock re-solved for {STANDIN_NGC_RESTRICTED}'" in lines
+def tracked_images() -> str:
+    """What git says of images/ in the working tree: the builds must leave it as it is."""
+    return subprocess.run(["git", "status", "--porcelain", "--", "images"], cwd=REPO, capture_output=True, text=True).stdout
+
+
+def test_a_committed_lock_is_used_on_a_base_whose_other_packages_moved(built_images, restricted_images, tmp_path):
+    """The next NGC release moves packages no layer pins (isort here, in its constraint file too): the fingerprints
+    differ, each committed lock is proven on the new base (hashes, no base package moved, pip check, requirements.in)
+    and built from; the tree stays clean, nothing is re-solved; LOCKED=1 accepts the same proof."""
+    base = derived_base(f"{RESTRICTED_PREFIX}standin-ngc:moved", "PIP_CONSTRAINT= pip install --quiet --no-deps "
+                        "isort==6.0.1 && sed -i 's/^isort==.*/isort==6.0.1/' /etc/pip/constraint.txt")  # fmt: skip
+    assert freeze(base)["isort"] == "6.0.1" and base_fingerprint(base, "show") != base_fingerprint(STANDIN_NGC, "show")
+    resolved = tmp_path / "resolved"
+    tree = tracked_images()
+    result = make_on_restricted("image-lightning", f"RESOLVED_LOCKS={resolved}", ngc_base=base)
+    log = result.stdout + result.stderr
+    print("\n".join(line for line in log.splitlines() if "holds" in line))
+    for layer, built_on in (("torch-ngc", base), ("lightning", f"{RESTRICTED_PREFIX}torch-ngc:latest")):
+        assert (
+            f"images/{layer}/requirements.lock: solved on {COMMITTED_BASE}, built on {built_on} (its constraint file and "
+            "installed packages differ), where it holds: every hash, no package of the base moved, pip check adds nothing, requirements.in met"
+        ) in log, log[-3000:]
         installed = freeze(f"{RESTRICTED_PREFIX}{layer}:latest")
-        assert {name: installed.get(name) for name in base} == base  # no package of that base changed version
-        assert {name: installed.get(name) for name in after} == after  # the re-solved lock is what got installed
-    built = restricted_id("jupyter")
+        committed = pins((REPO / "images" / layer / "requirements.lock").read_text())
+        assert {name: installed.get(name) for name in committed} == committed  # the committed lock is what got installed
+    assert "re-solv" not in log and tracked_images() == tree
+    assert [path.name for path in resolved.iterdir()] == ["proofs.tsv"]  # no lock written anywhere
+    built = restricted_id("torch-ngc")
 
-    again = make_on_restricted(*(f"image-{layer}" for layer in NGC_LAYERS), f"IMAGES_DIR={images}")
-    for layer in NGC_LAYERS:
-        assert f"images/{layer}/requirements.lock: solved against this base" in again.stdout
-    assert "re-solv" not in again.stdout and restricted_id("jupyter") == built
+    strict = make_on_restricted("image-torch-ngc", f"RESOLVED_LOCKS={resolved}", locked="1", ngc_base=base)
+    assert "where it holds" in strict.stderr and "proving" not in strict.stderr  # the proof is remembered
+    assert restricted_id("torch-ngc") == built and tracked_images() == tree
 
-    strict = tmp_path / "strict"  # the committed lock again, in a copy: a broken refusal must not re-solve the tree's
-    shutil.copytree(REPO / "images", strict)
-    torch_ngc = restricted_id("torch-ngc")
-    refused = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={strict}", locked="1", check=False)
+
+def test_a_base_package_that_conflicts_with_a_pin_is_re_solved_into_build(built_images, restricted_images, tmp_path):
+    """The new base has imageio, which the torch-ngc lock pins, at another version, and its constraint file pins it:
+    the committed lock cannot install there, so the layer is re-solved inside that base into RESOLVED_LOCKS (never
+    over the tracked lock), with the command that adopts it, and built from it; a second build reuses the re-solve;
+    LOCKED=1 refuses in one line before anything is built."""
+    imageio = pins((REPO / "images" / "torch-ngc" / "requirements.lock").read_text())["imageio"]
+    base = derived_base(f"{RESTRICTED_PREFIX}standin-ngc:conflict", "PIP_CONSTRAINT= pip install --quiet --no-deps "
+                        "imageio==2.37.0 && echo imageio==2.37.0 >>/etc/pip/constraint.txt")  # fmt: skip
+    resolved = tmp_path / "resolved"
+    tree = tracked_images()
+    result = make_on_restricted("image-torch-ngc", f"RESOLVED_LOCKS={resolved}", ngc_base=base)
+    log = result.stdout + result.stderr
+    name, fresh = "images/torch-ngc/requirements.lock", resolved / "torch-ngc" / "requirements.lock"
+    print("\n".join(line for line in log.splitlines() if "solv" in line or "adopt it" in line))
+    reason = re.search(rf"^{re.escape(name)} does not hold on {re.escape(base)} \((.+)\); re-solving it there into "
+                       rf"{re.escape(str(fresh))}$", log, re.M)  # fmt: skip
+    assert reason, log[-3000:]
+    assert "does not install here: " in reason.group(1) and f"imageio=={imageio}" in reason.group(1)
+    assert "imageio==2.37.0" in reason.group(1)
+    assert f"adopt it: cp {fresh} {name} && git add {name} && git commit -m 'torch-ngc: lock re-solved for {base}'" in log
+    solved = fresh.read_text()
+    assert re.search(r"^# base: (.+)$", solved, re.M).group(1) == base_fingerprint(base, "show")
+    assert "imageio" not in pins(solved)  # the base's own now
+    installed = freeze(f"{RESTRICTED_PREFIX}torch-ngc:latest")
+    assert installed["imageio"] == "2.37.0" and {n: installed.get(n) for n in pins(solved)} == pins(solved)
+    assert json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}",
+                             f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout)["io.github.eurosat.lock.torch-ngc.sha256"] == (
+        hashlib.sha256(solved.encode()).hexdigest())  # fmt: skip
+    assert tracked_images() == tree
+    built = restricted_id("torch-ngc")
+
+    again = make_on_restricted("image-torch-ngc", f"RESOLVED_LOCKS={resolved}", ngc_base=base)
+    assert f"building from {fresh}, re-solved for it earlier" in again.stderr and "re-solving" not in again.stderr
+    assert restricted_id("torch-ngc") == built and fresh.read_text() == solved
+
+    refused = make_on_restricted("image-torch-ngc", f"RESOLVED_LOCKS={resolved}", locked="1", ngc_base=base, check=False)
     assert refused.returncode != 0
-    error = one_error(refused.stdout + refused.stderr, "images/torch-ngc/requirements.lock")
-    assert f"{STANDIN_NGC_RESTRICTED} has {base_fingerprint(STANDIN_NGC_RESTRICTED, 'show')}" in error
-    assert restricted_id("torch-ngc") == torch_ngc
-    assert (strict / "torch-ngc" / "requirements.lock").read_text() == committed["torch-ngc"]
+    error = one_error(refused.stdout + refused.stderr, f"{name} does not hold on {base}")
+    assert "LOCKED=1 builds only from committed locks" in error and "building " not in refused.stdout
+    assert restricted_id("torch-ngc") == built and tracked_images() == tree
 
 
 def test_a_base_whose_own_packages_fail_pip_check_still_builds(built_images, restricted_images, tmp_path):
     """NVIDIA's builds may declare requirements that pip check flags (PyPI's jupyterlab-tensorboard-pro 4.0.0, a
     version 25.10 ships as its own build, requires tornado<=6.2 against NGC's 6.5.2): a layer fails only for
     problems it adds, and says which ones the base already had."""
-    broken = f"{RESTRICTED_PREFIX}standin-ngc:broken-pip-check"
-    install = "pip install --quiet --no-deps jupyterlab-tensorboard-pro==4.0.0"
-    container = docker("run", "-d", "--user", "root", *pip_network(), "--entrypoint", "sh", STANDIN_NGC, "-c", install)
-    container_id = container.stdout.strip()
-    assert docker("wait", container_id, timeout=600).stdout.strip() == "0", docker("logs", container_id).stderr
-    docker("commit", container_id, broken)
-    docker("rm", container_id)
+    broken = derived_base(f"{RESTRICTED_PREFIX}standin-ngc:broken-pip-check",
+                          "pip install --quiet --no-deps jupyterlab-tensorboard-pro==4.0.0")  # fmt: skip
     problem = "jupyterlab-tensorboard-pro 4.0.0 has requirement tornado<=6.2, but you have tornado 6.5.2."
     assert problem in sh(broken, "pip check", check=False).stdout
     images = tmp_path / "images"
     shutil.copytree(REPO / "images", images)
-    result = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}", ngc_base=broken)
+    result = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}", f"RESOLVED_LOCKS={tmp_path}", ngc_base=broken)
     assert f"pip check: only the base's own problems, unchanged: {problem}" in result.stdout + result.stderr
+    assert "where it holds" in result.stderr  # the committed lock, proven on that base
 
 
 def test_a_layer_that_breaks_pip_check_fails_its_build(built_images, tmp_path):
@@ -241,15 +262,17 @@ def test_a_re_solve_that_conflicts_with_the_base_is_one_line_and_builds_nothing(
     source.write_text(source.read_text() + "numpy==2.0.2\n")  # the base has numpy 1.26.4
     lock = (images / "torch-ngc" / "requirements.lock").read_text()
     before = docker("images", "--quiet", f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout
-    result = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}", check=False)
+    result = make_on_restricted("image-torch-ngc", f"IMAGES_DIR={images}", f"RESOLVED_LOCKS={tmp_path}", check=False)
     assert result.returncode != 0
+    assert "(images/torch-ngc/requirements.in is not met here: numpy==2.0.2 (1.26.4))" in result.stderr  # why it re-solves
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [
         "error: images/torch-ngc/requirements.in: cannot be solved on this base: "
         "The user requested numpy==2.0.2; The user requested (constraint) numpy==1.26.4"
     ], result.stdout[-2000:] + result.stderr[-2000:]
-    assert "DOCKER_BUILDKIT=1" not in result.stdout
+    assert "building " not in result.stdout
     assert (images / "torch-ngc" / "requirements.lock").read_text() == lock  # nothing written
+    assert not (tmp_path / "torch-ngc").exists()
     assert docker("images", "--quiet", f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout == before  # nothing built
 
 
