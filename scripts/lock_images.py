@@ -255,10 +255,11 @@ def build_on(layer: str, base: str, ngc_base: str, out: Path, resolved: Path, lo
             f"LOCKED=1 to re-solve it into {resolved}, or run 'make lock-images NGC_BASE={ngc_base}'"
         )
     fresh = resolved / layer / "requirements.lock"
+    shown = fresh.relative_to(Path.cwd()) if fresh.is_relative_to(Path.cwd()) else fresh  # build/locks/..., as typed
     if fits(fresh, here, out / layer / "requirements.in"):
-        say(f"{name} does not hold on {base} ({outcome}); building from {fresh}, re-solved for it earlier")
+        say(f"{name} does not hold on {base} ({outcome}); building from {shown}, re-solved for it earlier")
     else:
-        say(f"{name} does not hold on {base} ({outcome}); re-solving it there into {fresh}")
+        say(f"{name} does not hold on {base} ({outcome}); re-solving it there into {shown}")
         with tempfile.TemporaryDirectory() as scratch_dir:
             scratch = Path(scratch_dir)
             os.chmod(scratch, 0o777)
@@ -270,9 +271,9 @@ def build_on(layer: str, base: str, ngc_base: str, out: Path, resolved: Path, lo
             fresh.parent.mkdir(parents=True, exist_ok=True)
             fresh.write_bytes(candidate.read_bytes())
         after = pins(fresh)
-        say(f"re-solved {name} into {fresh}: {len(after)} packages the base lacks; against the committed lock: "
+        say(f"re-solved {name} into {shown}: {len(after)} packages the base lacks; against the committed lock: "
             f"{changes(pins(lock), after)}")  # fmt: skip
-        say(f"adopt it: cp {fresh} {name} && git add {name} && git commit -m '{layer}: lock re-solved for {ngc_base}'")
+        say(f"adopt it: cp {shown} {name} && git add {name} && git commit -m '{layer}: lock re-solved for {ngc_base}'")
     context = resolved / "context" / layer
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(out, context)
