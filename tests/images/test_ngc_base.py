@@ -168,7 +168,8 @@ def test_a_committed_lock_is_used_on_a_base_whose_other_packages_moved(built_ima
     for layer, built_on in (("torch-ngc", base), ("lightning", f"{RESTRICTED_PREFIX}torch-ngc:latest")):
         assert (
             f"images/{layer}/requirements.lock: solved on {COMMITTED_BASE}, built on {built_on} (its constraint file and "
-            "installed packages differ), where it holds: every hash, no package of the base moved, pip check adds nothing, requirements.in met"
+            "installed packages differ), where it holds: every hash, no package of the base moved, pip check adds "
+            "nothing, requirements.in met"
         ) in log, log[-3000:]
         installed = freeze(f"{RESTRICTED_PREFIX}{layer}:latest")
         committed = pins((REPO / "images" / layer / "requirements.lock").read_text())
