@@ -174,7 +174,8 @@ def differences(recorded: str, here: str) -> str:
     words = {"python": "Python version", "constraint": "constraint file", "packages": "installed packages"}
     old, new = (dict(part.split("=", 1) for part in line.split()) for line in (recorded, here))
     differing = [words.get(key, key) for key in new if old.get(key) != new[key]]
-    return f"its {' and '.join(differing)} differ" if differing else "the same fingerprint"
+    verb = "differs" if len(differing) == 1 else "differ"
+    return f"its {' and '.join(differing)} {verb}" if differing else "the same fingerprint"
 
 
 class Proofs:
