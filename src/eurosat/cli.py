@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from eurosat.errors import UserError
+from eurosat.selection import SELECTION_METRICS
 
 COMMANDS = ("train", "evaluate", "predict")
 
@@ -103,6 +104,13 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
         "validation, or keep the running averages; auto: recompute when an epoch has fewer than 100 steps",
     )
     train.add_argument("--deterministic", action="store_true", help="deterministic algorithms: runs repeat to the bit")
+    train.add_argument(
+        "--select",
+        choices=SELECTION_METRICS,
+        default="val_acc",
+        help="the validation metric that chooses best.ckpt: the highest val_acc or the lowest val_loss, a tie broken "
+        "by the other, a full tie keeping the earlier epoch (default: %(default)s)",
+    )
     train.add_argument(
         "--checkpoint-every",
         type=non_negative_int,

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
+from eurosat import selection
 from eurosat.cli import build_parser, is_main_process, parse_args, run_cli
 from eurosat.datasets import EuroSATSplits, load_configured_splits
 from eurosat.errors import LostPeer, UserError
@@ -234,13 +235,13 @@ class Run:
             self.tracker.end(self.directory, status)
 
     @property
-    def best_val_acc(self) -> float:
-        return max((record["val_acc"] for record in self.history), default=-1.0)
+    def select(self) -> str:
+        return self.config.get("select", "val_acc")  # runs recorded before --select chose on val_acc
 
     def end_epoch(self, record: dict, val_matrix: list | None = None) -> bool:
         """Append an epoch's record (metrics.jsonl, TensorBoard, the epoch line); True when it is the best yet. The
         best epoch's validation confusion matrix is kept (and checkpointed) for the end-of-run evaluation."""
-        best = record["val_acc"] > self.best_val_acc
+        best = selection.improves(record, self.history, self.select)
         if best:
             self.best_val_matrix = val_matrix
         record = {**record, "elapsed_s": self.timeline.epoch_end()}  # seconds from process start
@@ -323,7 +324,7 @@ class Run:
         those of the best epoch's own validation pass (its matrix, summed over the ranks: every image once), so they
         cost no second pass; the test part is scored in fp32, as `evaluate --split test` scores it. Nothing before
         this reads the test part."""
-        best = max(self.history, key=lambda record: record["val_acc"])
+        best = selection.best(self.history, self.select)
         data = load_configured_splits(self.config, progress=False)
         checkpoint = self.directory / "best.ckpt"
         device = model = None
@@ -346,7 +347,7 @@ class Run:
             if part == "test":
                 self.test_result = {name: result[f"test_{name}"] for name in ("loss", "acc", "samples")}
                 print(f"test_loss {result['test_loss']:.4f} test_acc {result['test_acc']:.4f} on {result['test_samples']} "
-                      f"test images (best.ckpt, chosen by val_acc)", flush=True)  # fmt: skip
+                      f"test images (best.ckpt, chosen by {self.select})", flush=True)  # fmt: skip
             if self.tracker:
                 summary = {
                     f"{prefix}{average}_{name}": result["averages"][average][name]
@@ -364,7 +365,7 @@ class Run:
             timeline = self.timeline.summary()
             test = {"test": self.test_result} if self.test_result else {}
             self.metrics.write_summary(
-                self.history, run_dir=str(self.directory), split=self.config.get("split", "articles"), selected_on="val_acc",
+                self.history, run_dir=str(self.directory), split=self.config.get("split", "articles"), select=self.select,
                 **test, timeline=timeline,
             )  # fmt: skip
             print(self.timeline.line(timeline))

@@ -16,7 +16,9 @@ from eurosat.reproduce import read_run
 
 EVALUATION_KEYS = {"checkpoint", "samples", "accuracy", "classes", "per_class", "averages", "confusion_matrix"}
 EVALUATE_AGAIN = "write it again with `python projects/<project>/train.py evaluate RUN/best.ckpt`"
-SETTINGS = ("project", "model", "epochs", "batch_size", "lr", "precision_resolved", "world_size", "seed", "data", "split")
+SETTINGS = (
+    "project", "model", "epochs", "batch_size", "lr", "precision_resolved", "world_size", "seed", "data", "split", "select"
+)  # fmt: skip
 
 
 def read_evaluation(run_dir: Path, name: str = "evaluation.json") -> dict | None:
@@ -105,8 +107,9 @@ def markdown(
 
         lines += [f"{Path(evaluation['checkpoint']).name} on {evaluation['samples']} validation images:", "", "```"]
         lines += [table(evaluation), "```"]
-        if test:  # the checkpoint was chosen by val_acc; the test part was read once, at the end
-            lines += ["", f"{Path(test['checkpoint']).name} (chosen by val_acc) on {test['samples']} test images:", "", "```"]
+        if test:  # the checkpoint was chosen on the validation part (--select); the test part was read once, at the end
+            chosen = f"chosen by {config.get('select', 'val_acc')}"
+            lines += ["", f"{Path(test['checkpoint']).name} ({chosen}) on {test['samples']} test images:", "", "```"]
             lines += [table(test), "```"]
     else:
         lines.append("No evaluation.json: the run did not finish. Evaluate a checkpoint with its train.py `evaluate`.")

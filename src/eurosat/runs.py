@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from eurosat import selection
 from eurosat.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -140,11 +141,11 @@ class MetricsLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def write_summary(self, history: list[dict], **extra) -> None:
-        best = max(history, key=lambda r: r["val_acc"], default=None)
+    def write_summary(self, history: list[dict], select: str = "val_acc", **extra) -> None:
+        best = selection.best(history, select)
         write_json(
             self.summary_path,
-            {"epochs": len(history), "final": history[-1] if history else None, "best": best, **extra},
+            {"epochs": len(history), "final": history[-1] if history else None, "best": best, "selected_on": select, **extra},
         )
 
 
