@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from eurosat import batchnorm, lifecycle
+from eurosat import batchnorm, lifecycle, recipe
 from eurosat.datasets import BatchLoader, load_configured_splits, resident_device
 from eurosat.errors import UserError
 from eurosat.inference import evaluate, split_totals
-from eurosat.loop import all_reduce, gather_totals, make_optimizer, make_profiler, setup_process, train_one_epoch
+from eurosat.loop import all_reduce, gather_totals, make_profiler, setup_process, train_one_epoch
 from eurosat.models import build_model
 from eurosat.training import autocast_dtype, make_deterministic, seed_everything
 
@@ -70,7 +70,7 @@ def _fit(run: lifecycle.Run, proc) -> None:
     # weights eagerly.
     train_model = torch.compile(model) if config.get("compile") else model
     run.timeline.mark("model_built", proc.device)
-    optimizer = make_optimizer(core, config["lr"], proc.device)
+    optimizer = recipe.make_optimizer(core, config, proc.device)
     amp_dtype = autocast_dtype(config["precision"], proc.device)
     scaler = torch.amp.GradScaler(proc.device.type, enabled=amp_dtype == torch.float16)
 
@@ -133,6 +133,8 @@ def _fit(run: lifecycle.Run, proc) -> None:
                 first_step=first_step,
                 after_step=after_step(epoch),
                 profiler=profiler,
+                loss_fn=recipe.training_loss(config),
+                clip_grad=config.get("clip_grad"),
             )
         first_step, partial_totals = 0, None
         train_seen_here = float(all_reduce(torch.tensor([float(train_totals[2]) - seen_before], device=proc.device), proc))

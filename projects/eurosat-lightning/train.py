@@ -8,6 +8,7 @@ python projects/eurosat-lightning/train.py predict runs/eurosat-lightning/<run>/
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -24,6 +25,7 @@ from eurosat.datasets import IGNORE_INDEX, BatchLoader, load_configured_splits, 
 from eurosat.gpu import resolve_device
 from eurosat.lightning_run import trainer_settings
 from eurosat.models import build_model
+from eurosat.recipe import RECIPE, make_optimizer, training_loss
 from eurosat.training import autocast_dtype, set_matmul_precision
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
@@ -65,7 +67,9 @@ class EuroSATDataModule(pl.LightningDataModule):
 
 
 class EuroSATClassifier(pl.LightningModule):
-    def __init__(self, model_name: str, classes: list, bands: list, scale: float, lr: float, weights=None, img_size=None):
+    def __init__(
+        self, model_name: str, classes: list, bands: list, scale: float, lr: float, weights=None, img_size=None, recipe=None
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model_name, len(classes), len(bands), weights and Path(weights), img_size)
@@ -80,19 +84,23 @@ class EuroSATClassifier(pl.LightningModule):
         # the end of the run reports the best epoch's classes from its matrix, without a second pass
         self.val_matrix = MulticlassConfusionMatrix(len(classes), ignore_index=IGNORE_INDEX)
         self.epoch_val_matrix = None  # the last validation's, summed over the processes
+        # --opt, --weight-decay, --label-smoothing, ... (eurosat.recipe); none in runs from before them: the articles'
+        self.recipe = {**(recipe or {}), "lr": lr}
+        self.training_loss = training_loss(self.recipe, ignore_index=IGNORE_INDEX)
         for metric in (self.train_loss, self.train_acc):
             metric.persistent(True)
 
     def forward(self, images):
         return self.model(to_input(images, self.hparams.scale, self.device))
 
-    def shared_step(self, batch):
+    def shared_step(self, batch, loss=None):
         images, labels = batch
         logits = self(images)
-        return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX), logits.argmax(1), labels
+        loss = loss or partial(F.cross_entropy, ignore_index=IGNORE_INDEX)  # validation: plain cross-entropy
+        return loss(logits, labels), logits.argmax(1), labels
 
     def training_step(self, batch, batch_idx):
-        loss, preds, labels = self.shared_step(batch)
+        loss, preds, labels = self.shared_step(batch, self.training_loss)
         self.train_loss(loss, len(labels))
         self.train_acc(preds, labels)
         self.log("loss", self.train_loss, prog_bar=True, on_step=True, on_epoch=True)
@@ -115,7 +123,7 @@ class EuroSATClassifier(pl.LightningModule):
         self.val_matrix.reset()
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return make_optimizer(self, self.recipe, self.device, fused=False)
 
 
 def fit(run: lifecycle.Run) -> None:
@@ -132,7 +140,10 @@ def fit(run: lifecycle.Run) -> None:
     data = datamodule.data
     weights = run.initial_weights and str(run.initial_weights)
     size = data.input_spec()["height"]  # a model built for one input size (a ViT) is built for the data's
-    module = EuroSATClassifier(config["model"], list(data.classes), list(data.bands), data.scale, config["lr"], weights, size)
+    settings = {name: config[name] for name in RECIPE if name in config}  # (a run resumed from before them: none)
+    module = EuroSATClassifier(
+        config["model"], list(data.classes), list(data.bands), data.scale, config["lr"], weights, size, settings
+    )
     run.timeline.mark("model_built")  # on the CPU: Lightning moves it to the device when fit starts
     precision = config["precision"]
     if precision == "auto":

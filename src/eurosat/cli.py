@@ -39,6 +39,9 @@ def _number(kind, minimum, what, maximum=math.inf):
 
 
 non_negative_int = _number(int, 0, "0 or more")
+non_negative_float = _number(float, 0.0, "a finite number, 0 or more", sys.float_info.max)
+positive_float = _number(float, math.ulp(0.0), "a finite number above 0", sys.float_info.max)
+fraction = _number(float, 0.0, "0 or more and below 1", math.nextafter(1.0, 0.0))
 positive_int = _number(int, 1, "1 or more")
 # Parameters and optimizer state are float32: a learning rate it cannot hold is no learning rate
 FLOAT32 = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
@@ -61,7 +64,22 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     )
     train.add_argument("--epochs", type=positive_int, default=3, help="epochs to train, 1 or more (default: %(default)s)")
     train.add_argument("--batch-size", type=positive_int, default=1024, help="global batch size (default: %(default)s)")
-    train.add_argument("--lr", type=learning_rate, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    train.add_argument("--lr", type=learning_rate, default=1e-3, help="learning rate (default: %(default)s)")
+    # the recipe (eurosat.recipe), with timm's names; the defaults are the articles' Adam and plain cross-entropy
+    train.add_argument("--opt", choices=("adam", "adamw", "sgd"), default="adam", help="the optimizer (default: %(default)s)")
+    train.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD's momentum (default: %(default)s)")
+    train.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=0.0,
+        help="weight decay (decoupled for adamw), never on biases and normalisation weights, as timm's (default: 0)",
+    )
+    train.add_argument(
+        "--label-smoothing", type=fraction, default=0.0, help="label smoothing of the training loss, below 1 (default: 0)"
+    )
+    train.add_argument(
+        "--clip-grad", type=positive_float, metavar="NORM", help="clip the gradients' global norm to NORM (default: none)"
+    )
     train.add_argument("--model", default="tf_efficientnet_b5", help="timm model name (default: %(default)s)")
     train.add_argument("--bands", default="rgb", help="rgb (channels 3,2,1), all, or channel numbers like 3,2,1")
     train.add_argument("--seed", type=int, default=42, help="training seed (default: %(default)s)")

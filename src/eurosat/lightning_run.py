@@ -173,5 +173,6 @@ def trainer_settings(run: Run) -> dict:
         "num_sanity_val_steps": 0,
         "enable_model_summary": False,
         "deterministic": bool(config.get("deterministic")),
+        "gradient_clip_val": config.get("clip_grad"),  # --clip-grad: the global norm (Lightning unscales AMP's first)
         "default_root_dir": run.directory,
     }

@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from eurosat import recipe
 from eurosat.datasets import to_input
 from eurosat.gpu import resolve_device
 from eurosat.training import LossWindow, set_matmul_precision
@@ -63,9 +64,8 @@ def gather_totals(totals: torch.Tensor, proc: Process) -> torch.Tensor:
 
 
 def make_optimizer(model, lr: float, device: torch.device, fused: bool | None = None):
-    """Adam, fused (one kernel for all parameters) on GPUs; on the CPU PyTorch's default measured faster."""
-    fused = device.type == "cuda" if fused is None else fused
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
+    """The articles' optimizer, Adam at `lr` (the benchmark's): eurosat.recipe.make_optimizer with the defaults."""
+    return recipe.make_optimizer(model, {"lr": lr}, device, fused)
 
 
 def make_profiler(run_dir: Path):
@@ -93,11 +93,14 @@ def train_one_epoch(
     sync_every=SYNC_EVERY,
     channels_last=True,
     profiler=None,
+    loss_fn=F.cross_entropy,
+    clip_grad=None,
 ) -> torch.Tensor:
     """One pass over `batches` (from batch `first_step` on, adding to `totals`); returns this rank's loss sum,
     correct count and sample count, accumulated on the device and read only every `sync_every` steps. A loss that
     is not finite raises NonFiniteLoss at the next check: every `sync_every` steps, at the end, and in
-    `after_step(step, totals, losses)` through losses.check() before it saves anything."""
+    `after_step(step, totals, losses)` through losses.check() before it saves anything. `loss_fn(logits, labels)` is
+    the training loss (eurosat.recipe.training_loss); `clip_grad` clips the gradients' global norm, unscaled first."""
     model.train()
     if totals is None:
         totals = torch.zeros(3, device=proc.device, dtype=torch.float64)
@@ -108,9 +111,12 @@ def train_one_epoch(
         y = labels.to(proc.device, non_blocking=True)
         with torch.autocast(proc.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)  # the norm of the real gradients, not of the fp16-scaled ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         scaler.step(optimizer)
         scaler.update()
         totals[0] += loss.detach() * len(y)
