@@ -26,6 +26,7 @@ The host side needs docker and the standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
@@ -115,6 +116,19 @@ class BaseContainer:
         subprocess.run([DOCKER, "rm", "-f", self.id], capture_output=True)
 
 
+@contextlib.contextmanager
+def scratch_container(image: str):
+    """A BaseContainer of `image` over an empty scratch folder, both removed afterwards."""
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        os.chmod(scratch, 0o777)  # the container's root writes there too
+        container = BaseContainer(image, scratch)
+        try:
+            yield container
+        finally:
+            container.close()
+
+
 def describe_base(layer: str, ngc_base: str) -> str:
     """What a layer is built on, as its lock's header names it: the NGC base and the locks of the layers between."""
     below = image_hierarchy().lineage(layer)[1:]
@@ -126,21 +140,15 @@ def pins(lock: Path) -> dict[str, str]:
 
 
 def lock_ngc_layers(layers: list[str], ngc_base: str, out: Path) -> None:
-    with tempfile.TemporaryDirectory() as scratch_dir:
-        scratch = Path(scratch_dir)
-        os.chmod(scratch, 0o777)
-        container = BaseContainer(ngc_base, scratch)
-        try:
-            for layer in layers:
-                candidate = container.solve(layer, out / layer / "requirements.in", describe_base(layer, ngc_base))
-                # installed as the build installs it; the committed lock is replaced only once that worked
-                container.run("install-layer", f"{WORK}/{layer}.lock", f"images/{layer}/requirements.lock")
-                lock = out / layer / "requirements.lock"
-                lock.parent.mkdir(parents=True, exist_ok=True)
-                lock.write_bytes(candidate.read_bytes())
-                print(f"locked {lock}: {len(pins(lock))} packages the base lacks")
-        finally:
-            container.close()
+    with scratch_container(ngc_base) as container:
+        for layer in layers:
+            candidate = container.solve(layer, out / layer / "requirements.in", describe_base(layer, ngc_base))
+            # installed as the build installs it; the committed lock is replaced only once that worked
+            container.run("install-layer", f"{WORK}/{layer}.lock", f"images/{layer}/requirements.lock")
+            lock = out / layer / "requirements.lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            lock.write_bytes(candidate.read_bytes())
+            print(f"locked {lock}: {len(pins(lock))} packages the base lacks")
 
 
 def fingerprint(image: str) -> str:
@@ -202,19 +210,14 @@ class Proofs:
 
 def prove(layer: str, out: Path, base: str) -> str:
     """'holds', or why the committed lock does not hold on `base`: installed there as the build installs it."""
-    with tempfile.TemporaryDirectory() as scratch_dir:
-        scratch = Path(scratch_dir)
-        os.chmod(scratch, 0o777)
+    with scratch_container(base) as container:
         for suffix in ("lock", "in"):
-            (scratch / f"{layer}.{suffix}").write_bytes((out / layer / f"requirements.{suffix}").read_bytes())
-        container = BaseContainer(base, scratch)
+            (container.scratch / f"{layer}.{suffix}").write_bytes((out / layer / f"requirements.{suffix}").read_bytes())
         try:
             container.run("install-layer", f"{WORK}/{layer}.lock", f"images/{layer}/requirements.lock")
             container.run("base-fingerprint", "meets", f"{WORK}/{layer}.in", f"images/{layer}/requirements.in")
         except LockError as error:
             return str(error).splitlines()[0]
-        finally:
-            container.close()
     return "holds"
 
 
@@ -261,14 +264,8 @@ def build_on(layer: str, base: str, ngc_base: str, out: Path, resolved: Path, lo
         say(f"{name} does not hold on {base} ({outcome}); building from {shown}, re-solved for it earlier")
     else:
         say(f"{name} does not hold on {base} ({outcome}); re-solving it there into {shown}")
-        with tempfile.TemporaryDirectory() as scratch_dir:
-            scratch = Path(scratch_dir)
-            os.chmod(scratch, 0o777)
-            container = BaseContainer(base, scratch)
-            try:
-                candidate = container.solve(layer, out / layer / "requirements.in", describe_base(layer, ngc_base))
-            finally:
-                container.close()
+        with scratch_container(base) as container:
+            candidate = container.solve(layer, out / layer / "requirements.in", describe_base(layer, ngc_base))
             fresh.parent.mkdir(parents=True, exist_ok=True)
             fresh.write_bytes(candidate.read_bytes())
         after = pins(fresh)

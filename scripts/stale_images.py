@@ -61,10 +61,11 @@ def stale_layers(image: str, images: Path, prefix: str, roots: dict[str, str]) -
         parent = hierarchy.parents[layer]
         reference = f"{prefix}{parent}:latest" if parent in hierarchy.parents else roots[parent]
         name = f"{prefix}{layer}:latest"
-        labels = ((inspect(name) or {}).get("Config") or {}).get("Labels") or {}
+        built = inspect(name)
+        labels = ((built or {}).get("Config") or {}).get("Labels") or {}
         if stale:
             why = f"its parent {reference} is rebuilt first"
-        elif not inspect(name):
+        elif not built:
             why = "not built yet"
         elif labels.get(INPUTS) != inputs_hash(images, layer):
             why = f"{images.name}/{layer}/ or {images.name}/common/ changed since it was built (its Dockerfile, lock or scripts)"

@@ -129,6 +129,23 @@ def test_no_epochs_to_train_is_refused_before_anything_is_written(project, data,
 
 
 @pytest.mark.parametrize("project", PROJECTS)
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--opt", "lamb", "argument --opt: invalid choice: 'lamb'"),
+        ("--weight-decay", "-0.1", "argument --weight-decay: -0.1 must be a finite number, 0 or more"),
+        ("--label-smoothing", "1", "argument --label-smoothing: 1 must be 0 or more and below 1"),
+        ("--clip-grad", "0", "argument --clip-grad: 0 must be a finite number above 0"),
+        ("--select", "acc", "argument --select: invalid choice: 'acc'"),
+    ],
+)
+def test_a_bad_recipe_setting_is_one_line_before_anything_is_written(project, data, tmp_path, flag, value, says):
+    result = main_in_process(project, "train", "--data", data, "--out", tmp_path / "runs", flag, value, check=False)
+    assert_one_clear_line(result, says)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("project", PROJECTS)
 def test_bad_band_choice(project, data, tmp_path):
     assert_one_clear_line(train(project, data, tmp_path / "runs", "--bands", "3,2,20"), "--bands", "channel 20")
 

@@ -86,7 +86,7 @@ def test_provenance_names_the_image_every_runner_started(monkeypatch):
     """What an image says of itself (its Dockerfiles' ENV) and what the runner knows (compose: the id; Slurm and the
     PyTorchJob: the reference by digest) land in provenance.json; make reproduce and make report name each."""
     from eurosat import reproduce, runs
-    from eurosat.report import container_image
+    from eurosat.report import image_line
 
     digest = "sha256:" + "ab" * 32
     monkeypatch.setenv("EUROSAT_IMAGE", f"registry.example.org/team/lightning@{digest}")
@@ -96,7 +96,7 @@ def test_provenance_names_the_image_every_runner_started(monkeypatch):
     recorded = runs.container_image()
     assert recorded == {"in_container": True, "image": f"registry.example.org/team/lightning@{digest}", "image_id": None,
                         "digest": digest, "revision": "1" * 40, "locks": {"torch-ngc": "aaa", "lightning": "bbb"}}  # fmt: skip
-    assert container_image(recorded) == f"registry.example.org/team/lightning@{digest}, built from {'1' * 40}"
+    assert image_line(recorded) == f"registry.example.org/team/lightning@{digest}, built from {'1' * 40}"
     monkeypatch.setenv("EUROSAT_IMAGE_LOCKS", "torch-ngc=aaa lightning=ccc")
     now = runs.container_image()
     assert reproduce.differences({"container": recorded}, {"container": now}) == [

@@ -15,7 +15,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from eurosat import recipe
 from eurosat.datasets import to_input
 from eurosat.gpu import resolve_device
 from eurosat.training import LossWindow, set_matmul_precision
@@ -61,11 +60,6 @@ def gather_totals(totals: torch.Tensor, proc: Process) -> torch.Tensor:
     parts = [torch.empty_like(totals) for _ in range(proc.world_size)]
     dist.all_gather(parts, totals)
     return torch.stack(parts).cpu()
-
-
-def make_optimizer(model, lr: float, device: torch.device, fused: bool | None = None):
-    """The articles' optimizer, Adam at `lr` (the benchmark's): eurosat.recipe.make_optimizer with the defaults."""
-    return recipe.make_optimizer(model, {"lr": lr}, device, fused)
 
 
 def make_profiler(run_dir: Path):

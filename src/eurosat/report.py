@@ -66,7 +66,7 @@ def figure(metrics: list[dict], evaluation: dict | None):
     return fig
 
 
-def container_image(container: dict) -> str:
+def image_line(container: dict) -> str:
     """The image a run ran in, as provenance.json names it: reference, id or digest, the commit it was built from."""
     if not container.get("image") and not container.get("image_id"):
         return "none"
@@ -86,7 +86,7 @@ def markdown(
         f"| started | {provenance.get('started')} |",
         f"| git commit | {git.get('commit')}{' (uncommitted changes)' if git.get('dirty') else ''} |",
         f"| lockfile sha256 | {provenance.get('lockfile', {}).get('sha256')} |",
-        f"| container image | {container_image(provenance.get('container') or {})} |",
+        f"| container image | {image_line(provenance.get('container') or {})} |",
         f"| versions | {', '.join(f'{name} {version}' for name, version in versions.items())} |",
         f"| hardware | {hardware.get('device')} x{hardware.get('world_size')}, {gpus}, {hardware.get('cpus')} CPUs |",
     ]

@@ -62,6 +62,14 @@ def docker(*args, check=True, timeout=600) -> subprocess.CompletedProcess:
     return result
 
 
+def remove_tags(pattern: str) -> None:
+    """Untag every image whose name matches `pattern` (e.g. "eurosat-stale/*"): what a test built under names of its own.
+    The engine keeps an image another tag still names."""
+    tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", pattern).stdout.split()
+    if tags:
+        docker("rmi", *tags)
+
+
 def image_id(name: str) -> str:
     return docker("image", "inspect", "--format", "{{.Id}}", f"eurosat/{name}:latest").stdout.strip()
 

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from engine import DOCKER, IMAGES, docker, free_port, image_id, make, make_settings, write_dotenv
+from engine import DOCKER, IMAGES, docker, free_port, image_id, make, make_settings, remove_tags, write_dotenv
 from helpers import REPO, copy_repository, make_in_clone
 
 from eurosat import manifest
@@ -218,9 +218,7 @@ def test_a_stale_layer_and_the_layers_on_it_are_rebuilt_before_a_container_runs(
         assert (f"error: {prefix}jupyter:latest is stale: built on another {prefix}lightning:latest than the one there "
                 "now; NO_BUILD is set: run 'make image-jupyter'") in shell.stderr  # fmt: skip
     finally:
-        tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"{prefix}*").stdout.split()
-        if tags:
-            docker("rmi", *tags)
+        remove_tags(f"{prefix}*")
 
 
 def test_a_tampered_hash_in_an_image_lock_fails_the_build(built_images, tmp_path):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from engine import HIERARCHY, IMAGES, STANDIN_NGC, docker, image_id, make, make_settings, parent_image
+from engine import HIERARCHY, IMAGES, STANDIN_NGC, docker, image_id, make, make_settings, parent_image, remove_tags
 from helpers import MODEL, PROJECTS, REPO, SMALL, copy_repository, make_in_clone, script_module
 
 from eurosat import manifest
@@ -173,12 +173,6 @@ def other_user() -> pwd.struct_passwd:
         subprocess.run(["useradd", "--create-home", "--uid", "4242", "--user-group", "--groups", socket_group, OTHER_USER],
                        check=True)  # fmt: skip
     return pwd.getpwnam(OTHER_USER)
-
-
-def remove_tags(pattern: str) -> None:
-    tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", pattern).stdout.split()
-    if tags:
-        docker("rmi", *tags)
 
 
 def test_every_user_builds_the_same_image(built_images, other_user):

@@ -21,6 +21,7 @@ from engine import (
     make,
     make_settings,
     parent_image,
+    remove_tags,
 )
 from helpers import REPO
 
@@ -123,9 +124,7 @@ def make_on_restricted(*args: str, locked: str = "", check: bool = True, ngc_bas
 @pytest.fixture(scope="module")
 def restricted_images():
     yield
-    tags = docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"{RESTRICTED_PREFIX}*").stdout.split()
-    if tags:
-        docker("rmi", *tags)
+    remove_tags(f"{RESTRICTED_PREFIX}*")
 
 
 def derived_base(tag: str, script: str, base: str = STANDIN_NGC) -> str:
