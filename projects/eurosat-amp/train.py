@@ -9,6 +9,7 @@ python projects/eurosat-amp/train.py predict runs/eurosat-amp/<run>/best.ckpt im
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def _fit(run: lifecycle.Run, proc) -> None:
         make_deterministic()
     seed_everything(config["seed"])
     size = data.input_spec()["height"]  # a model built for one input size (a ViT) is built for the data's
-    core = build_model(config["model"], len(data.classes), len(data.bands), run.initial_weights, size)
+    core = build_model(
+        config["model"], len(data.classes), len(data.bands), run.initial_weights, size, drop_path=config.get("drop_path")
+    )
     # channels_last: the fastest whole default run measured (docs/speed.md, H100 2026-12-05): NCHW's first step is
     # 5.4 s shorter, but it trains at 54% of the speed and is behind again within the first epoch
     core = core.to(proc.device, memory_format=torch.channels_last)
@@ -76,11 +79,27 @@ def _fit(run: lifecycle.Run, proc) -> None:
     amp_dtype = autocast_dtype(config["precision"], proc.device)
     scaler = torch.amp.GradScaler(proc.device.type, enabled=amp_dtype == torch.float16)
 
+    # the recipe (eurosat.recipe): replace any of these with a function of this project's own
+    batch_per_rank = max(1, config["batch_size"] // proc.world_size)
+    data_device = resident_device(data.train, proc.device, config["data_on"])
+    shards = {"rank": proc.rank, "world_size": proc.world_size, "device": data_device, "for_cuda": proc.device.type == "cuda"}
+    train_loader = BatchLoader(data.train, batch_per_rank, shuffle=True, seed=config["seed"], **shards)
+    val_loader = BatchLoader(data.val, batch_per_rank, shuffle=False, **shards)
+    scheduler = recipe.make_scheduler(optimizer, config, recipe.optimizer_steps(len(train_loader), config))
+    ema = recipe.make_ema(core, config)  # validated and saved as "model" (evaluate and predict use it), when set
+    loss_fn, augment = recipe.training_loss(config), recipe.make_augment(config)
+    validated = core if ema is None else ema.module  # (under DDP, validation runs the wrapper: rank 0's buffers)
+
     first_step, partial_totals = 0, None
     if checkpoint is not None:
-        core.load_state_dict(checkpoint["model"])
+        core.load_state_dict(checkpoint["current_model_state"] if ema is not None else checkpoint["model"])
+        if ema is not None:
+            ema.module.load_state_dict(checkpoint["model"])
+            ema.n_averaged.copy_(checkpoint["averaging_state"]["n_averaged"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
+        if "scheduler" in checkpoint:  # (not in runs from before --sched, whose learning rate was constant)
+            scheduler.load_state_dict(checkpoint["scheduler"])
         run.restore_rng()
         if checkpoint["step"]:  # written mid-epoch: skip the batches already trained, keep their totals
             if len(checkpoint["epoch_totals"]) != proc.world_size:
@@ -91,24 +110,25 @@ def _fit(run: lifecycle.Run, proc) -> None:
             first_step = checkpoint["step"]
             partial_totals = checkpoint["epoch_totals"][proc.rank].to(proc.device)
 
-    batch_per_rank = max(1, config["batch_size"] // proc.world_size)
-    data_device = resident_device(data.train, proc.device, config["data_on"])
-    shards = {"rank": proc.rank, "world_size": proc.world_size, "device": data_device, "for_cuda": proc.device.type == "cuda"}
-    train_loader = BatchLoader(data.train, batch_per_rank, shuffle=True, seed=config["seed"], **shards)
-    val_loader = BatchLoader(data.val, batch_per_rank, shuffle=False, **shards)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[amp_dtype]
     run.begin(data, proc.device, proc.world_size, proc.is_main, precision, f", data in {data_device or 'host memory'}")
 
     def state(epoch: int, step: int = 0, totals=None) -> dict:
-        model_state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
+        # with --ema, "model" is the average, and the weights training goes on from are kept beside it, as Lightning's
+        # EMAWeightAveraging keeps them
+        model_state = {"model": validated.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}
+        if ema is not None:
+            model_state |= {"current_model_state": core.state_dict(), "averaging_state": {"n_averaged": ema.n_averaged}}
+        model_state["scheduler"] = scheduler.state_dict()
         return {**model_state, "epoch": epoch, "step": step, "epoch_totals": totals}
 
     def after_step(epoch: int):
         def check(step: int, totals: torch.Tensor, losses) -> None:
             run.timeline.mark("first_step", proc.device)  # once per process
-            every = config["checkpoint_every"]
+            every, accum = config["checkpoint_every"], config.get("accum_steps") or 1
             stopping = run.stop.agreed(proc.world_size, proc.device, step)
-            if stopping or (every and step % every == 0 and step < len(train_loader)):
+            # called after optimizer steps only: a multiple of --checkpoint-every passed since the last one
+            if stopping or (every and step % every < accum and step < len(train_loader)):
                 losses.check()  # never a checkpoint of weights a non-finite loss has reached
                 run.save(state(epoch, step, gather_totals(totals, proc)))
             if stopping:
@@ -135,16 +155,21 @@ def _fit(run: lifecycle.Run, proc) -> None:
                 first_step=first_step,
                 after_step=after_step(epoch),
                 profiler=profiler,
-                loss_fn=recipe.training_loss(config),
+                loss_fn=loss_fn,
                 clip_grad=config.get("clip_grad"),
+                accum_steps=config.get("accum_steps") or 1,
+                scheduler=scheduler,
+                ema=ema,
+                augment=augment and functools.partial(augment, epoch=epoch, rank=proc.rank),
             )
         first_step, partial_totals = 0, None
         train_seen_here = float(all_reduce(torch.tensor([float(train_totals[2]) - seen_before], device=proc.device), proc))
         train_seconds = time.perf_counter() - start  # the all-reduce above synchronised the device
-        bn_seconds = batchnorm.recompute_if_needed(core, train_loader, epoch, data.scale, proc.device, amp_dtype, config)
+        bn_seconds = batchnorm.recompute_if_needed(validated, train_loader, epoch, data.scale, proc.device, amp_dtype, config)
         loss_sum, correct, seen = all_reduce(train_totals, proc).tolist()
         # the confusion matrix too: the end of the run reports the best epoch's classes from it, without a second pass
-        val_totals = all_reduce(evaluate(model, val_loader, data.scale, proc.device, amp_dtype, len(data.classes)), proc)
+        validating = model if ema is None else ema.module
+        val_totals = all_reduce(evaluate(validating, val_loader, data.scale, proc.device, amp_dtype, len(data.classes)), proc)
         (val_loss_sum, val_correct, val_seen), val_matrix = split_totals(val_totals, len(data.classes))
         best = run.end_epoch(
             {

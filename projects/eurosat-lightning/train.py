@@ -8,7 +8,6 @@ python projects/eurosat-lightning/train.py predict runs/eurosat-lightning/<run>/
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -25,7 +24,7 @@ from eurosat.datasets import IGNORE_INDEX, BatchLoader, load_configured_splits, 
 from eurosat.gpu import resolve_device
 from eurosat.lightning_run import trainer_settings
 from eurosat.models import build_model
-from eurosat.recipe import RECIPE, make_optimizer, training_loss
+from eurosat.recipe import RECIPE, make_augment, make_optimizer, make_scheduler, optimizer_steps, training_loss
 from eurosat.training import autocast_dtype, set_matmul_precision
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
@@ -72,7 +71,8 @@ class EuroSATClassifier(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(model_name, len(classes), len(bands), weights and Path(weights), img_size)
+        drop_path = (recipe or {}).get("drop_path")
+        self.model = build_model(model_name, len(classes), len(bands), weights and Path(weights), img_size, drop_path)
         # channels_last: the fastest whole default run measured (docs/speed.md, H100 2026-12-05)
         self.model = self.model.to(memory_format=torch.channels_last)
         # torchmetrics sum over processes, so epoch values are exact under DDP; persistent, so that a mid-epoch
@@ -85,23 +85,24 @@ class EuroSATClassifier(pl.LightningModule):
         # the end of the run reports the best epoch's classes from its matrix, without a second pass
         self.val_matrix = MulticlassConfusionMatrix(len(classes), ignore_index=IGNORE_INDEX)
         self.epoch_val_matrix = None  # the last validation's, summed over the processes
-        # --opt, --weight-decay, --label-smoothing, ... (eurosat.recipe); none in runs from before them: the articles'
+        # --opt, --sched, --label-smoothing, --augment, ... (eurosat.recipe); none in runs from before them: the
+        # articles'. Replace any of these with a function of this project's own.
         self.recipe = {**(recipe or {}), "lr": lr}
         self.training_loss = training_loss(self.recipe, ignore_index=IGNORE_INDEX)
+        self.augment = make_augment(self.recipe)
         for metric in (self.train_loss, self.train_acc):
             metric.persistent(True)
 
     def forward(self, images):
         return self.model(to_input(images, self.hparams.scale, self.device))
 
-    def shared_step(self, batch, loss=None):
-        images, labels = batch
-        logits = self(images)
-        loss = loss or partial(F.cross_entropy, ignore_index=IGNORE_INDEX)  # validation: plain cross-entropy
-        return loss(logits, labels), logits.argmax(1), labels
-
     def training_step(self, batch, batch_idx):
-        loss, preds, labels = self.shared_step(batch, self.training_loss)
+        images, labels = batch
+        x = to_input(images, self.hparams.scale, self.device)
+        if self.augment is not None:  # seeded by the position, so that a resumed or repeated run flips the same
+            x = self.augment(x, batch_idx + 1, self.current_epoch, self.global_rank)
+        logits = self.model(x)
+        loss, preds = self.training_loss(logits, labels), logits.argmax(1)
         self.train_loss(loss, len(labels))
         self.train_acc(preds, labels)
         self.log("loss", self.train_loss, prog_bar=True, on_step=True, on_epoch=True)
@@ -109,7 +110,9 @@ class EuroSATClassifier(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, preds, labels = self.shared_step(batch)  # the last batch is padded to the batch shape: count the images
+        images, labels = batch  # the last batch is padded to the batch shape: count the images
+        logits = self(images)
+        loss, preds = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX), logits.argmax(1)  # plain, as timm's
         images = (labels != IGNORE_INDEX).sum()
         self.val_loss.update(loss, images)
         self.val_acc.update(preds, labels)
@@ -124,7 +127,15 @@ class EuroSATClassifier(pl.LightningModule):
         self.val_matrix.reset()
 
     def configure_optimizers(self):
-        return make_optimizer(self, self.recipe, self.device, fused=False)
+        """The optimizer and its schedule, stepped every optimizer step (after --accum-steps batches)."""
+        optimizer = make_optimizer(self, self.recipe, self.device, fused=False)
+        # the loader's length, without building one before a resume restores its position
+        trainer, config = self.trainer, self.trainer.datamodule.config
+        batch_size = max(1, config["batch_size"] // trainer.world_size)
+        batches = BatchLoader.training_batches(len(trainer.datamodule.data.train), batch_size, trainer.world_size)
+        steps_per_epoch = optimizer_steps(batches, {"accum_steps": trainer.accumulate_grad_batches})
+        scheduler = make_scheduler(optimizer, self.recipe, steps_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def fit(run: lifecycle.Run) -> None:

@@ -16,6 +16,7 @@ from eurosat.errors import UserError
 from eurosat.selection import SELECTION_METRICS
 
 COMMANDS = ("train", "evaluate", "predict")
+SCHEDULES, AUGMENTS = ("constant", "cosine", "step"), ("none", "flips")  # eurosat.recipe's
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -79,6 +80,45 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
     )
     train.add_argument(
         "--clip-grad", type=positive_float, metavar="NORM", help="clip the gradients' global norm to NORM (default: none)"
+    )
+    train.add_argument(
+        "--sched",
+        choices=SCHEDULES,
+        default="constant",
+        help="the learning-rate schedule, stepped every optimizer step: constant, cosine (to 0 at the last step) or "
+        "step (x --decay-rate every --decay-epochs) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--warmup-epochs",
+        type=non_negative_float,
+        default=0.0,
+        help="a linear warm-up to --lr over these epochs (a fraction is fine), before --sched (default: 0)",
+    )
+    train.add_argument(
+        "--decay-epochs", type=positive_float, default=30.0, help="--sched step: epochs between decays (default: 30)"
+    )
+    train.add_argument(
+        "--decay-rate", type=positive_float, default=0.1, help="--sched step: the factor of each decay (default: 0.1)"
+    )
+    train.add_argument(
+        "--accum-steps",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="accumulate the gradients of N batches per optimizer step: the step of a batch N times larger (default: 1)",
+    )
+    train.add_argument(
+        "--ema",
+        type=fraction,
+        metavar="DECAY",
+        help="validate, save and predict with an exponential moving average of the weights, e.g. 0.999 (default: none)",
+    )
+    train.add_argument("--drop-path", type=fraction, default=0.0, help="stochastic depth rate of the model (default: 0)")
+    train.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        default="none",
+        help="flips: each training image in one of its eight flips and quarter turns, on the device, seeded (default: none)",
     )
     train.add_argument("--model", default="tf_efficientnet_b5", help="timm model name (default: %(default)s)")
     train.add_argument("--bands", default="rgb", help="rgb (channels 3,2,1), all, or channel numbers like 3,2,1")

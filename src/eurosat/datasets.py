@@ -100,12 +100,20 @@ class BatchLoader:
         size = len(self.labels)
         return math.ceil(size / self.world_size) if self.shuffle else len(range(self.rank, size, self.world_size))
 
+    @staticmethod
+    def training_batches(samples: int, batch_size: int, world_size: int = 1) -> int:
+        """len() of a shuffled (training) loader of `samples` images, known before one is built."""
+        shard = math.ceil(samples / world_size)
+        return math.ceil(shard / max(1, min(batch_size, shard)))
+
     @property
     def samples(self) -> int:
         """Samples this rank trains on per epoch, padding included (evaluation: without its IGNORE_INDEX padding)."""
         return len(self) * self.batch_size if self.shuffle else self.shard_size()
 
     def __len__(self) -> int:
+        if self.shuffle:
+            return self.training_batches(len(self.labels), self.batch_size, self.world_size)
         return math.ceil(self.shard_size() / self.batch_size)
 
     def __iter__(self):

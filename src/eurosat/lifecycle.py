@@ -172,7 +172,8 @@ class Run:
         files = list_files(Path(config["data"]))  # a missing or empty data folder is one line before any folder is made
         height, _, band_count = read_image(files.root / files.files[0]).shape
         bands = parse_bands(config["bands"], band_count)
-        check_model_runs(config["model"], len(files.classes), len(bands), height)  # (a ViT at 224 for 64-pixel images)
+        # a ViT at 224 for 64-pixel images, a --drop-path the model lacks
+        check_model_runs(config["model"], len(files.classes), len(bands), height, config.get("drop_path"))
         initial, locked = None, None  # the weights training starts from, and their weights.lock entry
         if checkpoint is None and config.get("weights"):
             initial = Path(config["weights"])

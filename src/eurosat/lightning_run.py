@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from lightning_fabric.strategies.launchers import subprocess_script
+from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torchmetrics import Metric
 
@@ -125,9 +126,12 @@ class RunCallback(pl.Callback):
         if self.losses is None or self.losses_epoch != trainer.current_epoch:  # (a mid-epoch resume starts at `step`)
             self.losses, self.losses_epoch = LossWindow(SYNC_EVERY, module.device, step), trainer.current_epoch
         self.losses.add(step, outputs["loss"] if isinstance(outputs, dict) else outputs)
-        every = self.run.config.get("checkpoint_every")
-        stopping = self.run.stop.agreed(trainer.world_size, module.device, step)
-        saving = stopping or (every and step % every == 0 and step < len(loader))
+        every, accum = self.run.config.get("checkpoint_every"), trainer.accumulate_grad_batches
+        # a checkpoint or a stop only after an optimizer step, never inside an accumulation: at the first one after a
+        # multiple of --checkpoint-every
+        stepped = step % accum == 0 or step == len(loader)
+        stopping = stepped and self.run.stop.agreed(trainer.world_size, module.device, step)
+        saving = stopping or (stepped and every and step % every < accum and step < len(loader))
         if saving or step % SYNC_EVERY == 0 or step == len(loader):  # before validation and before any checkpoint
             with self.run.stops_at_a_nonfinite_loss(trainer.current_epoch):
                 self.losses.check()
@@ -161,18 +165,22 @@ class RunCallback(pl.Callback):
 
 
 def trainer_settings(run: Run) -> dict:
-    """Trainer arguments every Lightning project shares: the lifecycle in place of the logger and checkpointing."""
+    """Trainer arguments every Lightning project shares: the lifecycle in place of the logger and checkpointing;
+    --accum-steps, --clip-grad and --ema as Lightning's accumulate_grad_batches, gradient_clip_val and
+    EMAWeightAveraging (before the lifecycle's callback, so that its checkpoints hold the average updated)."""
     config = run.config
+    averaging = [EMAWeightAveraging(decay=config["ema"])] if config.get("ema") else []
     return {
         "max_epochs": config["epochs"],
         "logger": False,  # TensorBoard and metrics.jsonl are the lifecycle's
         "enable_checkpointing": False,  # and so are last.ckpt and best.ckpt
-        "callbacks": [RunCallback(run)],
+        "callbacks": [*averaging, RunCallback(run)],
         "plugins": [RunCheckpointIO()],
         "use_distributed_sampler": False,  # BatchLoader shards itself
         "num_sanity_val_steps": 0,
         "enable_model_summary": False,
         "deterministic": bool(config.get("deterministic")),
+        "accumulate_grad_batches": config.get("accum_steps") or 1,
         "gradient_clip_val": config.get("clip_grad"),  # --clip-grad: the global norm (Lightning unscales AMP's first)
         "default_root_dir": run.directory,
     }

@@ -5,6 +5,7 @@ Plain PyTorch projects build their train.py from them, and the benchmark (bench/
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -62,6 +63,12 @@ def gather_totals(totals: torch.Tensor, proc: Process) -> torch.Tensor:
     return torch.stack(parts).cpu()
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, under torch.compile's and DistributedDataParallel's wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def make_profiler(run_dir: Path):
     """Profiles a few steps of the first epoch into a trace that TensorBoard and Perfetto open."""
     return torch.profiler.profile(
@@ -89,30 +96,50 @@ def train_one_epoch(
     profiler=None,
     loss_fn=F.cross_entropy,
     clip_grad=None,
+    accum_steps=1,
+    scheduler=None,
+    ema=None,
+    augment=None,
 ) -> torch.Tensor:
     """One pass over `batches` (from batch `first_step` on, adding to `totals`); returns this rank's loss sum,
     correct count and sample count, accumulated on the device and read only every `sync_every` steps. A loss that
     is not finite raises NonFiniteLoss at the next check: every `sync_every` steps, at the end, and in
-    `after_step(step, totals, losses)` through losses.check() before it saves anything. `loss_fn(logits, labels)` is
-    the training loss (eurosat.recipe.training_loss); `clip_grad` clips the gradients' global norm, unscaled first."""
+    `after_step(step, totals, losses)` through losses.check() before it saves anything.
+
+    The recipe (eurosat.recipe): `loss_fn(logits, labels)` is the training loss; `augment(x, step)` changes the
+    device batch; the optimizer steps once every `accum_steps` batches (and after the last), on the gradients of
+    their losses each divided by `accum_steps`, as Lightning's accumulate_grad_batches; `clip_grad` clips the
+    gradients' global norm, unscaled first; `scheduler` and `ema` are stepped after each optimizer step.
+    `after_step` runs only after an optimizer step, so that a checkpoint never falls inside an accumulation."""
     model.train()
     if totals is None:
         totals = torch.zeros(3, device=proc.device, dtype=torch.float64)
     losses = LossWindow(sync_every, proc.device, first_step + 1)
+    last = len(batches)
     bar = tqdm(batches, desc=desc, initial=first_step, disable=None if proc.is_main else True, leave=False, file=sys.stderr)
     for step, (images, labels) in enumerate(bar, start=first_step + 1):
         x = to_input(images, scale, proc.device, channels_last)
+        if augment is not None:
+            x = augment(x, step)
         y = labels.to(proc.device, non_blocking=True)
-        with torch.autocast(proc.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad:
-            scaler.unscale_(optimizer)  # the norm of the real gradients, not of the fp16-scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
+        stepping = step % accum_steps == 0 or step == last
+        # DDP averages the gradients only on the backward of an optimizer step's last batch
+        with model.no_sync() if not stepping and hasattr(model, "no_sync") else contextlib.nullcontext():
+            with torch.autocast(proc.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            scaler.scale(loss / accum_steps if accum_steps > 1 else loss).backward()
+        if stepping:
+            if clip_grad:
+                scaler.unscale_(optimizer)  # the norm of the real gradients, not of the fp16-scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update_parameters(unwrap(model))
         totals[0] += loss.detach() * len(y)
         totals[1] += (logits.argmax(1) == y).sum()
         totals[2] += len(y)
@@ -124,7 +151,7 @@ def train_one_epoch(
             if proc.is_main:
                 loss_sum, correct, seen = totals.tolist()
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
-        if after_step is not None:
+        if after_step is not None and stepping:
             after_step(step, totals, losses)
     losses.check()
     return totals

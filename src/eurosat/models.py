@@ -31,10 +31,18 @@ def create(name: str, img_size: int | None = None, **kwargs) -> torch.nn.Module:
     return timm.create_model(name, **kwargs)
 
 
-def check_model_runs(name: str, num_classes: int, in_chans: int, img_size: int) -> None:
+def check_model_runs(name: str, num_classes: int, in_chans: int, img_size: int, drop_path: float | None = None) -> None:
     """Build the model on the meta device (no memory, no arithmetic) and pass it a batch of the data's shape: a model
     that cannot be built or run for it is one line, before a run writes anything."""
     check_model_name(name)
+    if drop_path:
+        try:
+            with torch.device("meta"):
+                create(name, img_size, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path)
+        except TypeError as exc:
+            if "drop_path_rate" not in str(exc):
+                raise
+            raise UserError(f"--drop-path {drop_path}: {name} has no stochastic depth; leave --drop-path at 0") from None
     try:
         with torch.device("meta"):
             model = create(name, img_size, num_classes=num_classes, in_chans=in_chans).eval()
@@ -50,12 +58,20 @@ def check_model_runs(name: str, num_classes: int, in_chans: int, img_size: int) 
 
 
 def build_model(
-    name: str, num_classes: int, in_chans: int, weights: Path | None = None, img_size: int | None = None
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    weights: Path | None = None,
+    img_size: int | None = None,
+    drop_path: float | None = None,
 ) -> torch.nn.Module:
     """A timm classifier, from random weights or a weights file (ImageNet's from weights.lock, eurosat.weights, or
-    any timm/safetensors/torch file): the backbone is loaded, the head is new for num_classes."""
+    any timm/safetensors/torch file): the backbone is loaded, the head is new for num_classes. drop_path: timm's
+    drop_path_rate (--drop-path), for the models that have stochastic depth."""
     check_model_name(name)
     kwargs = {"num_classes": num_classes, "in_chans": in_chans}
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
     if weights is None:
         return create(name, img_size, pretrained=False, **kwargs)
     if not Path(weights).is_file():
