@@ -228,3 +228,7 @@ def test_a_run_killed_mid_epoch_with_the_whole_recipe_resumes_to_the_uninterrupt
     assert {k: config[k] for k in ("sched", "warmup_epochs", "ema", "accum_steps", "augment")} == {
         "sched": "cosine", "warmup_epochs": 0.5, "ema": 0.9, "accum_steps": 2, "augment": "flips"
     }  # fmt: skip
+    from eurosat.report import markdown
+
+    report = markdown(killed, config, {}, [], None)
+    assert "| sched | cosine |" in report and "| ema | 0.9 |" in report and "| augment | flips |" in report

@@ -17,8 +17,9 @@ from eurosat.reproduce import read_run
 EVALUATION_KEYS = {"checkpoint", "samples", "accuracy", "classes", "per_class", "averages", "confusion_matrix"}
 EVALUATE_AGAIN = "write it again with `python projects/<project>/train.py evaluate RUN/best.ckpt`"
 SETTINGS = (
-    "project", "model", "epochs", "batch_size", "lr", "opt", "momentum", "weight_decay", "label_smoothing", "clip_grad",
-    "precision_resolved", "world_size", "seed", "data", "split", "select",
+    "project", "model", "epochs", "batch_size", "lr", "opt", "momentum", "weight_decay", "sched", "warmup_epochs",
+    "label_smoothing", "clip_grad", "accum_steps", "ema", "drop_path", "augment", "precision_resolved", "world_size",
+    "seed", "data", "split", "select",
 )  # fmt: skip
 
 
