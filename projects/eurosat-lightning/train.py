@@ -138,6 +138,17 @@ class EuroSATClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def callbacks(config: dict) -> list:
+    """Lightning callbacks of this project's own (LearningRateMonitor, EarlyStopping, ...): none by default."""
+    return []
+
+
+def loggers(config: dict) -> list:
+    """Lightning loggers of this project's own (TensorBoardLogger, MLFlowLogger, WandbLogger(offline=True), ...),
+    beside the CSV logger every run has (RUN/csv/metrics.csv): none by default."""
+    return []
+
+
 def fit(run: lifecycle.Run) -> None:
     config = run.config
     # a forking strategy needs CUDA uninitialised in this process, so the GPUs' architectures go unchecked
@@ -168,7 +179,7 @@ def fit(run: lifecycle.Run) -> None:
         strategy=config["strategy"],
         precision=precision,
         profiler=profiler or None,
-        **trainer_settings(run),
+        **trainer_settings(run, callbacks(config), loggers(config)),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=run.checkpoint_path)
 

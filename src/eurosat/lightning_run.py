@@ -1,6 +1,6 @@
 """The run lifecycle (eurosat.lifecycle) inside a PyTorch Lightning Trainer, for Lightning projects.
 
-RunCallback takes the place of Lightning's logger and ModelCheckpoint: the run's config and provenance at the start,
+RunCallback takes the place of Lightning's ModelCheckpoint: the run's config and provenance at the start,
 the per-epoch record, line and TensorBoard scalars, last.ckpt and best.ckpt at epoch ends and every
 --checkpoint-every steps, SIGINT/SIGTERM as a checkpoint and a clean stop, and the lifecycle's part of every checkpoint.
 Conventions it relies on: the data module has the splits in `.data`, its train loader is a BatchLoader (a stateful
@@ -19,7 +19,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from lightning_fabric.strategies.launchers import subprocess_script
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.callbacks import EMAWeightAveraging
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torchmetrics import Metric
 
@@ -41,6 +44,8 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_WithoutAdv
 # pytorch-lightning 2.6 still uses a torch.utils._pytree API that torch 2.9+ deprecates: a warning for Lightning, not
 # for the user, printed on every run
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+# The loggers get every epoch's values whatever the epoch's length: an epoch shorter than log_every_n_steps is no news
+warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval")
 
 
 def report_lost_ranks(run: Run) -> None:
@@ -164,17 +169,41 @@ class RunCallback(pl.Callback):
         restore_rng_state(checkpoint["rng"])
 
 
-def trainer_settings(run: Run) -> dict:
-    """Trainer arguments every Lightning project shares: the lifecycle in place of the logger and checkpointing;
-    --accum-steps, --clip-grad and --ema as Lightning's accumulate_grad_batches, gradient_clip_val and
-    EMAWeightAveraging (before the lifecycle's callback, so that its checkpoints hold the average updated)."""
+class _KeptExperimentWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        """Lightning's deletes the metrics.csv it finds: a resumed run's first part would be lost."""
+
+
+class RunCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, writing RUN/csv/metrics.csv and hparams.yaml, which a resumed run appends to: the steps
+    trained again after the checkpoint it resumed from appear a second time."""
+
+    def __init__(self, run: Run):
+        super().__init__(run.directory or run.config["out"], name="", version="csv")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeptExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def trainer_settings(run: Run, callbacks: list = (), loggers: list = ()) -> dict:
+    """Trainer arguments every Lightning project shares. Lightning's loggers: the run's CSV logger and a project's own
+    `loggers`; the lifecycle writes TensorBoard, metrics.jsonl, last.ckpt and best.ckpt (Lightning's checkpointing is
+    off). --accum-steps, --clip-grad and --ema are Lightning's accumulate_grad_batches, gradient_clip_val and
+    EMAWeightAveraging. A project's own `callbacks` (LearningRateMonitor, EarlyStopping, ...) run after the average
+    and before the lifecycle's callback, so that its checkpoints hold what they updated."""
     config = run.config
     averaging = [EMAWeightAveraging(decay=config["ema"])] if config.get("ema") else []
     return {
         "max_epochs": config["epochs"],
-        "logger": False,  # TensorBoard and metrics.jsonl are the lifecycle's
-        "enable_checkpointing": False,  # and so are last.ckpt and best.ckpt
-        "callbacks": [*averaging, RunCallback(run)],
+        "logger": [RunCSVLogger(run), *loggers],
+        "enable_checkpointing": False,
+        "log_every_n_steps": SYNC_EVERY,  # the steps between the loop's host syncs
+        "callbacks": [*averaging, *callbacks, RunCallback(run)],
         "plugins": [RunCheckpointIO()],
         "use_distributed_sampler": False,  # BatchLoader shards itself
         "num_sanity_val_steps": 0,
