@@ -18,8 +18,8 @@ import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-from lightning_fabric.strategies.launchers import subprocess_script
 from lightning_fabric.loggers.logger import rank_zero_experiment
+from lightning_fabric.strategies.launchers import subprocess_script
 from pytorch_lightning.callbacks import EMAWeightAveraging
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
