@@ -4,6 +4,7 @@ over seeds, flags incomparable provenance and keeps unfinished runs out of the a
 
 import csv
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from helpers import MODEL, PROJECTS, run
 
 from eurosat.errors import UserError
-from eurosat.sweep import combinations, parse_grid
+from eurosat.sweep import combinations, parse_grid, threads_per_run
 
 BASE = f"--epochs 1 --model {MODEL} --batch-size 32 --no-pretrained"
 
@@ -100,3 +101,11 @@ def test_flags_that_pick_the_run_folder_are_the_sweeps(args):
 
     with pytest.raises(UserError, match="--out, --run-dir and --resume are the sweep's"):
         check(PROJECTS[0], args.split(), [["--seed", "1"]])
+
+
+def test_runs_side_by_side_share_the_cpus_between_them():
+    cpus = len(os.sched_getaffinity(0))
+    assert threads_per_run(2, {"PATH": "/bin"}) == {"PATH": "/bin", "OMP_NUM_THREADS": str(max(1, cpus // 2))}
+    assert threads_per_run(cpus * 4, {})["OMP_NUM_THREADS"] == "1"
+    assert threads_per_run(2, {"OMP_NUM_THREADS": "3"}) == {"OMP_NUM_THREADS": "3"}  # the user's own setting
+    assert threads_per_run(1, {}) == {}  # one at a time: every CPU, as a run of its own
