@@ -24,6 +24,7 @@ from eurosat.datasets import IGNORE_INDEX, BatchLoader, load_configured_splits, 
 from eurosat.gpu import resolve_device
 from eurosat.lightning_run import trainer_settings
 from eurosat.models import build_model
+from eurosat.normalization import normalized, statistics
 from eurosat.recipe import RECIPE, make_augment, make_optimizer, make_scheduler, optimizer_steps, training_loss
 from eurosat.training import autocast_dtype, set_matmul_precision
 
@@ -67,12 +68,22 @@ class EuroSATDataModule(pl.LightningDataModule):
 
 class EuroSATClassifier(pl.LightningModule):
     def __init__(
-        self, model_name: str, classes: list, bands: list, scale: float, lr: float, weights=None, img_size=None, recipe=None
+        self,
+        model_name: str,
+        classes: list,
+        bands: list,
+        scale: float,
+        lr: float,
+        weights=None,
+        img_size=None,
+        recipe=None,
+        normalization=None,
     ):
         super().__init__()
         self.save_hyperparameters()
         drop_path = (recipe or {}).get("drop_path")
         self.model = build_model(model_name, len(classes), len(bands), weights and Path(weights), img_size, drop_path)
+        self.model = normalized(self.model, normalization)  # --normalize band-stats, imagenet: their statistics
         # channels_last: the fastest whole default run measured (docs/speed.md, H100 2026-12-05)
         self.model = self.model.to(memory_format=torch.channels_last)
         # torchmetrics sum over processes, so epoch values are exact under DDP; persistent, so that a mid-epoch
@@ -164,9 +175,11 @@ def fit(run: lifecycle.Run) -> None:
     weights = run.initial_weights and str(run.initial_weights)
     size = data.input_spec()["height"]  # a model built for one input size (a ViT) is built for the data's
     settings = {name: config[name] for name in RECIPE if name in config}  # (a run resumed from before them: none)
+    config["normalization"] = statistics(config, data)  # --normalize: in the model, and recorded
     module = EuroSATClassifier(
-        config["model"], list(data.classes), list(data.bands), data.scale, config["lr"], weights, size, settings
-    )
+        config["model"], list(data.classes), list(data.bands), data.scale, config["lr"], weights, size, settings,
+        config["normalization"],
+    )  # fmt: skip
     run.timeline.mark("model_built")  # on the CPU: Lightning moves it to the device when fit starts
     precision = config["precision"]
     if precision == "auto":

@@ -17,6 +17,7 @@ from eurosat.selection import SELECTION_METRICS
 
 COMMANDS = ("train", "evaluate", "predict")
 SCHEDULES, AUGMENTS = ("constant", "cosine", "step"), ("none", "flips")  # eurosat.recipe's
+NORMALIZATIONS = ("articles", "band-stats", "imagenet")  # eurosat.normalization's
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -119,6 +120,13 @@ def build_parser(description: str, project: str) -> tuple[ArgumentParser, dict[s
         choices=AUGMENTS,
         default="none",
         help="flips: each training image in one of its eight flips and quarter turns, on the device, seeded (default: none)",
+    )
+    train.add_argument(
+        "--normalize",
+        choices=NORMALIZATIONS,
+        default="articles",
+        help="articles: /4000 clipped to [0, 1]; band-stats: each band by the training part's mean and std; imagenet: "
+        "[0, 1], then the pretrained weights' mean and std (RGB) (default: %(default)s)",
     )
     train.add_argument("--model", default="tf_efficientnet_b5", help="timm model name (default: %(default)s)")
     train.add_argument("--bands", default="rgb", help="rgb (channels 3,2,1), all, or channel numbers like 3,2,1")

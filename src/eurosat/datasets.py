@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from eurosat.cache import CachedImages, prepare
+from eurosat.normalization import input_scale
 from eurosat.sample import MARKER as SAMPLE_MARKER
 from eurosat.split import split_rows
 
@@ -178,8 +179,8 @@ DATA_KEYS = ("data", "bands", "cache_dir", "split", "val_fraction", "test_fracti
 
 
 def load_configured_splits(config: dict, progress: bool = True) -> EuroSATSplits:
-    """load_splits with the DATA_KEYS of a run's config."""
-    return load_splits(
+    """load_splits with the DATA_KEYS of a run's config, at the scale its --normalize divides by."""
+    data = load_splits(
         Path(config["data"]),
         config["bands"],
         config["cache_dir"],
@@ -189,6 +190,7 @@ def load_configured_splits(config: dict, progress: bool = True) -> EuroSATSplits
         split=config.get("split", "articles"),
         test_fraction=config.get("test_fraction", 0.0),
     )
+    return replace(data, scale=input_scale(config, data.image_format, data.scale))
 
 
 def load_splits(

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
-from eurosat import selection
+from eurosat import normalization, selection
 from eurosat.cli import build_parser, is_main_process, parse_args, run_cli
 from eurosat.datasets import EuroSATSplits, load_configured_splits
 from eurosat.errors import LostPeer, UserError
@@ -35,6 +35,7 @@ from eurosat.files import list_files
 from eurosat.gpu import resolve_device
 from eurosat.inference import evaluate_command, evaluate_split, predict_command, report_evaluation
 from eurosat.models import build_model, check_model_name, check_model_runs
+from eurosat.normalization import normalized
 from eurosat.reading import parse_bands, read_image
 from eurosat.runs import (
     MetricsLog,
@@ -174,6 +175,7 @@ class Run:
         bands = parse_bands(config["bands"], band_count)
         # a ViT at 224 for 64-pixel images, a --drop-path the model lacks
         check_model_runs(config["model"], len(files.classes), len(bands), height, config.get("drop_path"))
+        normalization.check(config, len(bands))
         initial, locked = None, None  # the weights training starts from, and their weights.lock entry
         if checkpoint is None and config.get("weights"):
             initial = Path(config["weights"])
@@ -410,6 +412,7 @@ def default_model(checkpoint: dict) -> torch.nn.Module:
     config = checkpoint["config"]
     size = config.get("input", {}).get("height")  # (runs before input was recorded: built at the model's own size)
     model = build_model(config["model"], len(config["classes"]), len(config["bands_resolved"]), img_size=size)
+    model = normalized(model, config.get("normalization"))  # (--normalize band-stats, imagenet)
     model.load_state_dict(checkpoint["model"])
     return model
 

@@ -18,7 +18,7 @@ EVALUATION_KEYS = {"checkpoint", "samples", "accuracy", "classes", "per_class", 
 EVALUATE_AGAIN = "write it again with `python projects/<project>/train.py evaluate RUN/best.ckpt`"
 SETTINGS = (
     "project", "model", "epochs", "batch_size", "lr", "opt", "momentum", "weight_decay", "sched", "warmup_epochs",
-    "label_smoothing", "clip_grad", "accum_steps", "ema", "drop_path", "augment", "precision_resolved", "world_size",
+    "label_smoothing", "clip_grad", "accum_steps", "ema", "drop_path", "augment", "normalize", "precision_resolved", "world_size",
     "seed", "data", "split", "select",
 )  # fmt: skip
 

@@ -37,6 +37,7 @@ NOT_SETTINGS = {
     "checkpoint_every",
 }
 NOT_SETTINGS |= {"profile", "profiler", "classes", "bands_resolved", "scale", "input", "precision_resolved", "world_size"}
+NOT_SETTINGS |= {"normalization"}  # --normalize's statistics, derived from the data
 # Provenance that must agree between the runs of one setting for their spread to mean anything
 # (where provenance.json keeps each: make reproduce's table)
 COMPARABLE = {
