@@ -2,9 +2,11 @@
 checkpoint into evaluate and predict; a choice the bands cannot take is one line."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+import tifffile
 import timm
 import torch
 from helpers import PROJECTS, SMALL, main_in_process, run_project, single_run_dir
@@ -82,3 +84,55 @@ def test_imagenet_on_thirteen_bands_is_one_line_before_anything_is_written(sampl
     assert result.returncode != 0 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
     assert "--normalize imagenet: the pretrained mean and std are for 3 bands" in lines[0] and "band-stats" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def float_dir(sample_dir, tmp_path_factory):
+    """The sample as float32 reflectances (digital numbers / 10,000), as a float GeoTIFF product holds them."""
+    root = tmp_path_factory.mktemp("float") / "eurosat"
+    for path in sample_dir.rglob("*"):
+        target = root / path.relative_to(sample_dir)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.suffix == ".tif":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(target, (tifffile.imread(path) / 10000).astype(np.float32))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+    return root
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_float_rasters_train_with_band_stats_unclipped(project, float_dir, tmp_path):
+    main_in_process(
+        project, "train", "--data", float_dir, "--out", tmp_path, "--epochs", "1", "--normalize", "band-stats", *SMALL
+    )
+    run_dir = single_run_dir(tmp_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["scale"] == 1.0  # the values as they are
+    images = load_configured_splits(config, progress=False).train.images()
+    assert images.dtype == np.float32 and images.max() < 1.0  # cached as the reflectances they are
+    reference = images.astype(np.float64)
+    assert config["normalization"]["mean"] == pytest.approx(reference.mean(axis=(0, 2, 3)).tolist(), rel=1e-6)
+    best = json.loads((run_dir / "metrics.json").read_text())["best"]
+    evaluated = main_in_process(project, "evaluate", run_dir / "best.ckpt", "--out", tmp_path / "evaluated").value
+    assert evaluated["val_acc"] == pytest.approx(best["val_acc"])
+
+
+def test_float_rasters_with_the_articles_scaling_or_a_nan_pixel_are_one_line(float_dir, tmp_path):
+    result = run_project(PROJECTS[0], "train", "--data", float_dir, "--out", tmp_path / "runs", *SMALL, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert "--normalize articles divides digital numbers by 4000" in lines[0] and "band-stats" in lines[0]
+
+    broken = tmp_path / "eurosat"
+    shutil.copytree(float_dir, broken)
+    image = tifffile.imread(broken / "Forest" / "Forest_1.tif")
+    image[0, 0, 0] = np.nan
+    tifffile.imwrite(broken / "Forest" / "Forest_1.tif", image)
+    flags = ["--data", broken, "--out", tmp_path / "runs", "--normalize", "band-stats", "--cache-dir", tmp_path / "cache"]
+    result = run_project(PROJECTS[0], "train", *flags, *SMALL, check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert "Forest_1.tif has NaN or infinite pixels" in lines[0]

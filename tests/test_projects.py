@@ -98,6 +98,10 @@ def test_resume_equals_uninterrupted(trained, sample_dir, tmp_path):
     provenance = json.loads((half_dir / "provenance.json").read_text())
     assert len(provenance["resumes"]) == 1
     assert json.loads((half_dir / "config.json").read_text())["epochs"] == 2
+    if (half_dir / "csv").exists():  # Lightning's CSVLogger: the resumed run appended, the first part is kept
+        with open(half_dir / "csv" / "metrics.csv") as rows:
+            validated = [row["epoch"] for row in csv.DictReader(rows) if row["val_loss"]]
+        assert validated == ["0", "1"]
 
 
 def test_the_same_command_with_run_dir_continues_its_run_as_a_requeued_job_does(trained, sample_dir, tmp_path):

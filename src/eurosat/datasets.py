@@ -136,12 +136,15 @@ def as_tensor(images: np.ndarray, for_cuda: bool = False) -> torch.Tensor:
 
 
 def to_input(images: torch.Tensor, scale: float, device: torch.device, channels_last: bool = True) -> torch.Tensor:
-    """Raw digital numbers -> float in [0, 1] on the device (the articles' /4000 and clip); keeps the
-    memory format of `images`, converting only when it is not the one asked for."""
+    """Raw digital numbers -> float in [0, 1] on the device (the articles' /4000 and clip; a float raster is divided
+    by `scale` alone); keeps the memory format of `images`, converting only when it is not the one asked for."""
     x = images.to(device, non_blocking=True)
     if x.dtype == torch.int16:  # uint16 bits, see as_tensor
         x = x.int().bitwise_and_(0xFFFF)
-    x = x.float().div_(scale).clamp_(0, 1)
+    if x.is_floating_point():  # float rasters hold physical values (--normalize band-stats): nothing to clip
+        x = x.float().div_(scale)
+    else:
+        x = x.float().div_(scale).clamp_(0, 1)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
@@ -190,7 +193,7 @@ def load_configured_splits(config: dict, progress: bool = True) -> EuroSATSplits
         split=config.get("split", "articles"),
         test_fraction=config.get("test_fraction", 0.0),
     )
-    return replace(data, scale=input_scale(config, data.image_format, data.scale))
+    return replace(data, scale=input_scale(config, data.image_format, data.scale, data.train.cache.images.dtype))
 
 
 def load_splits(

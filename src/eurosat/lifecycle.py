@@ -171,11 +171,12 @@ class Run:
             config = {**given, "project": experiment.name}
         check_model_name(config["model"])
         files = list_files(Path(config["data"]))  # a missing or empty data folder is one line before any folder is made
-        height, _, band_count = read_image(files.root / files.files[0]).shape
+        first_image = read_image(files.root / files.files[0])
+        height, _, band_count = first_image.shape
         bands = parse_bands(config["bands"], band_count)
         # a ViT at 224 for 64-pixel images, a --drop-path the model lacks
         check_model_runs(config["model"], len(files.classes), len(bands), height, config.get("drop_path"))
-        normalization.check(config, len(bands))
+        normalization.check(config, len(bands), first_image.dtype)
         initial, locked = None, None  # the weights training starts from, and their weights.lock entry
         if checkpoint is None and config.get("weights"):
             initial = Path(config["weights"])

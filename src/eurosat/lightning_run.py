@@ -11,6 +11,7 @@ images' scale in `hparams.scale` (for BatchNorm's recomputed statistics, eurosat
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
@@ -170,6 +171,12 @@ class RunCallback(pl.Callback):
 
 
 class _KeptExperimentWriter(ExperimentWriter):
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):  # a resumed run's: its columns go on, new ones are added to them
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
     def _check_log_dir_exists(self) -> None:
         """Lightning's deletes the metrics.csv it finds: a resumed run's first part would be lost."""
 

@@ -2,7 +2,7 @@
 
 - articles (the default): divided by 4000 (255 for JPEGs) and clipped to [0, 1], the articles' recipe;
 - band-stats: each band standardised by the mean and standard deviation of the training part, as torchgeo's EuroSAT
-  datamodule does, with no clip (the raw range, up to 65535, divided by 65535 first);
+  datamodule does, with no clip (digital numbers divided by 65535 first; a float raster's values as they are);
 - imagenet: the articles' [0, 1], then the pretrained weights' mean and std (timm's pretrained config: ImageNet's for
   most), for pretrained RGB models.
 
@@ -36,9 +36,12 @@ class Standardize(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
-def input_scale(config: dict, image_format: str, scale: float) -> float:
-    """The divisor of the digital numbers: the articles' (clipped at 1), or the format's whole range for band-stats."""
-    return FULL_RANGE[image_format] if config.get("normalize") == "band-stats" else scale
+def input_scale(config: dict, image_format: str, scale: float, dtype) -> float:
+    """The divisor of the pixels: the articles' (digital numbers, clipped at 1); for band-stats the format's whole
+    range, or 1 for a float raster (its values as they are)."""
+    if config.get("normalize") != "band-stats":
+        return scale
+    return 1.0 if np.issubdtype(dtype, np.floating) else FULL_RANGE[image_format]
 
 
 def band_statistics(images, rows, scale: float) -> tuple[list[float], list[float]]:
@@ -57,9 +60,15 @@ def band_statistics(images, rows, scale: float) -> tuple[list[float], list[float
     return mean.tolist(), np.where(std > 0, std, 1.0).tolist()  # a constant band: centred, not divided by 0
 
 
-def check(config: dict, band_count: int) -> None:
-    """A choice the bands cannot take is one line, before a run writes anything."""
-    if config.get("normalize") == "imagenet" and band_count != 3:
+def check(config: dict, band_count: int, dtype=np.uint16) -> None:
+    """A choice the bands or the pixels cannot take is one line, before a run writes anything."""
+    choice = config.get("normalize", "articles")
+    if np.issubdtype(dtype, np.floating) and choice != "band-stats":
+        raise UserError(
+            f"--normalize {choice} divides digital numbers by 4000 and clips them, and these images hold {dtype} values: "
+            "use --normalize band-stats"
+        )
+    if choice == "imagenet" and band_count != 3:
         raise UserError(
             f"--normalize imagenet: the pretrained mean and std are for 3 bands (R, G, B), and --bands {config['bands']} "
             f"has {band_count}; use --normalize band-stats"

@@ -82,10 +82,12 @@ def read_image(path: Path) -> np.ndarray:
         array = array[:, :, None]
     elif array.ndim == 3 and array.shape[0] < array.shape[2]:  # planar (C, H, W) TIFF
         array = array.transpose(1, 2, 0)
-    if array.ndim != 3 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+    if array.ndim != 3 or array.size == 0 or array.dtype.kind not in "iuf":
         raise UserError(
             f"{path} decodes to shape {array.shape} ({array.dtype}), not an image: the file is corrupt; replace or delete it"
         )
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():  # a NaN pixel would be a NaN loss
+        raise UserError(f"{path} has NaN or infinite pixels (nodata?): fill them, or leave the file out")
     return array
 
 
