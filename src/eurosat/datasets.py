@@ -141,10 +141,10 @@ def to_input(images: torch.Tensor, scale: float, device: torch.device, channels_
     x = images.to(device, non_blocking=True)
     if x.dtype == torch.int16:  # uint16 bits, see as_tensor
         x = x.int().bitwise_and_(0xFFFF)
-    if x.is_floating_point():  # float rasters hold physical values (--normalize band-stats): nothing to clip
-        x = x.float().div_(scale)
-    else:
-        x = x.float().div_(scale).clamp_(0, 1)
+    floats = x.is_floating_point()  # a float raster holds physical values (--normalize band-stats): nothing to clip
+    x = x.float().div_(scale)
+    if not floats:
+        x = x.clamp_(0, 1)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
