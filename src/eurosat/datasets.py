@@ -141,10 +141,9 @@ def to_input(images: torch.Tensor, scale: float, device: torch.device, channels_
     x = images.to(device, non_blocking=True)
     if x.dtype == torch.int16:  # uint16 bits, see as_tensor
         x = x.int().bitwise_and_(0xFFFF)
-    floats = x.is_floating_point()  # a float raster holds physical values (--normalize band-stats): nothing to clip
-    x = x.float().div_(scale)
-    if not floats:
-        x = x.clamp_(0, 1)
+    # a float raster's physical values (--normalize band-stats): nothing to clip, and never in place, since x may be
+    # the cached split itself
+    x = x.float() / scale if x.is_floating_point() else x.float().div_(scale).clamp_(0, 1)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
