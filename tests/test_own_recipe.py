@@ -4,6 +4,7 @@ in their train.py alone, and their runs keep exact mid-epoch resume, provenance 
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def own_project(clone, name: str, source: str, edits: dict) -> None:
 def train_killed_then_resumed(clone, project: str, out, flags: list, resume_flags: list):
     """Trained with SIGKILL just after its first mid-epoch checkpoint, then --resume: the run directory."""
     command = [sys.executable, clone / "projects" / project / "train.py", "train", "--out", out, *flags]
-    env = {"PYTHONPATH": str(clone / "src")}
+    env = {**os.environ, "PYTHONPATH": str(clone / "src")}  # its own eurosat package, the rest as every other run
     process = subprocess.Popen([str(c) for c in command], cwd=clone, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
     while not any(out.glob("*/last.ckpt")):

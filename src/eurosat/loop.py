@@ -115,7 +115,7 @@ def train_one_epoch(
     if totals is None:
         totals = torch.zeros(3, device=proc.device, dtype=torch.float64)
     losses = LossWindow(sync_every, proc.device, first_step + 1)
-    last = len(batches)
+    last = len(batches) if hasattr(batches, "__len__") else None  # (the benchmark passes a slice of a loader)
     bar = tqdm(batches, desc=desc, initial=first_step, disable=None if proc.is_main else True, leave=False, file=sys.stderr)
     for step, (images, labels) in enumerate(bar, start=first_step + 1):
         x = to_input(images, scale, proc.device, channels_last)
