@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -226,3 +227,16 @@ def cached_weights(cache: Path, model: str, lock: Path | None = None) -> Path:
         entry = Entry(repo_id, commit, "model.safetensors", len(data), hashlib.sha256(data).hexdigest())
         write_lock(lock, {**read_lock(lock), model: entry})
     return cache
+
+
+def kill_after_first_checkpoint(command: list, out: Path, cwd: Path = REPO, env=None) -> Path:
+    """Start a training command, SIGKILL it as soon as a last.ckpt appears under `out` (its first mid-epoch
+    checkpoint), and return its run directory."""
+    process = subprocess.Popen([str(c) for c in command], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while not any(out.glob("*/last.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return single_run_dir(out)

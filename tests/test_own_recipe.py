@@ -5,10 +5,7 @@ in their train.py alone, and their runs keep exact mid-epoch resume, provenance 
 import csv
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -18,6 +15,7 @@ from helpers import (
     assert_same_weights,
     copy_repository,
     in_clone,
+    kill_after_first_checkpoint,
     make_in_clone,
     read_metrics,
     run_project,
@@ -64,14 +62,7 @@ def train_killed_then_resumed(clone, project: str, out, flags: list, resume_flag
     """Trained with SIGKILL just after its first mid-epoch checkpoint, then --resume: the run directory."""
     command = [sys.executable, clone / "projects" / project / "train.py", "train", "--out", out, *flags]
     env = {**os.environ, "PYTHONPATH": str(clone / "src")}  # its own eurosat package, the rest as every other run
-    process = subprocess.Popen([str(c) for c in command], cwd=clone, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while not any(out.glob("*/last.ckpt")):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    run_dir = single_run_dir(out)
+    run_dir = kill_after_first_checkpoint(command, out, cwd=clone, env=env)
     in_clone(clone, sys.executable, clone / "projects" / project / "train.py", "train", "--resume", run_dir, *resume_flags)
     return run_dir
 

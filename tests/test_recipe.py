@@ -4,10 +4,7 @@ accuracy; the defaults are the articles' Adam at a constant learning rate and cr
 
 import json
 import math
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -17,6 +14,7 @@ from helpers import (
     REPO,
     SMALL,
     assert_same_weights,
+    kill_after_first_checkpoint,
     main_in_process,
     read_metrics,
     single_run_dir,
@@ -205,14 +203,7 @@ def test_a_run_killed_mid_epoch_with_the_whole_recipe_resumes_to_the_uninterrupt
     whole = single_run_dir(tmp_path / "whole")
     out = tmp_path / "killed"
     command = [sys.executable, REPO / "projects" / project / "train.py", "train", "--out", out, *flags]
-    process = subprocess.Popen([str(c) for c in command], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not any(out.glob("*/last.ckpt")):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed = single_run_dir(out)
+    killed = kill_after_first_checkpoint(command, out)
     checkpoint = torch.load(killed / "last.ckpt", weights_only=False)
     assert "current_model_state" in checkpoint
     loops = checkpoint.get("loops")
