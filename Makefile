@@ -57,7 +57,7 @@ STALE_IMAGES = $(PYTHON) scripts/stale_images.py --images $(IMAGES_DIR) --prefix
 	--root CUDA_BASE=$(CUDA_BASE) --root NGC_BASE=$(NGC_BASE)
 # Before a container runs IMAGE: its layers built from other inputs than the tree's, or on another parent, and the
 # layers on them, are rebuilt in build order (NO_BUILD=1: refused in one line)
-fresh_image = layers=$$($(STALE_IMAGES) stale $(1) $(if $(NO_BUILD),--refuse)) && for layer in $$layers; do $(MAKE) image-$$layer; done
+fresh_image = layers=$$($(STALE_IMAGES) stale $(1) $(if $(NO_BUILD),--refuse)) && for layer in $$layers; do $(MAKE) image-$$layer || exit 2; done
 # Containers run as the host user's ids (one fixed user in the image), so files written into runs/ stay the host user's.
 HOST_UID := $(shell id -u)
 HOST_GID := $(shell id -g)
@@ -125,10 +125,14 @@ check-project:
 	@$(MANIFEST) check "$(PROJECT)"
 
 doctor: check-project ## check this host, Docker and PROJECT's image can train, on the GPUs if any (a table; exit 1: what blocks)
-	@# a stale image is rebuilt first (NO_BUILD=1: refused); one not built yet is the table's to report
-	@if [[ $(RUNNER) == docker ]]; then $(call fresh_image,$(PROJECT_IMAGE) --built-only); fi
-	@$(call compose_env) RUNNER=$(RUNNER) IMAGE_PREFIX=$(IMAGE_PREFIX) VENV_PY=$(VENV_PY) CUDA_BASE=$(CUDA_BASE) NGC_BASE=$(NGC_BASE) \
-		$(PYTHON) src/eurosat/doctor.py
+	@# a stale image is rebuilt first (NO_BUILD=1: refused); one not built yet is the table's to report, and so is a
+	@# rebuild that fails (no registry, no base): the table still comes, with that row, since this is where users look
+	@stale=; if [[ $(RUNNER) == docker ]]; then log=$$(mktemp); \
+		if ! ( $(call fresh_image,$(PROJECT_IMAGE) --built-only) ) 2>&1 | tee $$log; then \
+			stale=$$(grep -m1 '^error: ' $$log | sed 's/^error: //' || true); stale=$${stale:-$$(tail -n 1 $$log)}; fi; \
+		rm -f $$log; fi; \
+	$(call compose_env) RUNNER=$(RUNNER) IMAGE_PREFIX=$(IMAGE_PREFIX) VENV_PY=$(VENV_PY) CUDA_BASE=$(CUDA_BASE) NGC_BASE=$(NGC_BASE) \
+		EUROSAT_STALE_IMAGE="$$stale" $(PYTHON) src/eurosat/doctor.py
 
 train: check-project ## train PROJECT on DATA with ARGS="..." [RUNNER=docker|local] [GPUS=N]
 	@$(MAKE) train-$(RUNNER)
@@ -256,10 +260,11 @@ lock-images: $(VENV_STAMP) check-docker ## solve each image layer's lock inside 
 pin: check-docker ## re-resolve the root bases' tags (FROM ... AS root-base) to digests (needs the registries)
 	DOCKER=$(DOCKER) scripts/pin.sh $(wildcard images/*/Dockerfile)
 
-cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS, MAX_REQUEUES; SWEEP: a job array) into build/cluster/
+cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS, MAX_REQUEUES, RUN_AS=UID:GID; SWEEP: a job array) into build/cluster/
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, the registry the cluster pulls from (make push REGISTRY=... puts the images there)" >&2; exit 2; fi
 	$(VENV_PY) scripts/cluster/render.py --project $(PROJECT) --nodes $(NODES) --gpus $(or $(GPUS),1) \
-		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args="$(ARGS)" --sweep="$(SWEEP)" --max-requeues $(or $(MAX_REQUEUES),10)
+		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args="$(ARGS)" --sweep="$(SWEEP)" --max-requeues $(or $(MAX_REQUEUES),10) \
+		$(if $(RUN_AS),--run-as $(RUN_AS))
 
 slurm-image: check-project check-docker ## build the Slurm nodes' image on PROJECT's image (slurm-up does it first)
 	@$(call fresh_image,$(PROJECT_IMAGE))
@@ -276,6 +281,8 @@ slurm-down: $(COMPOSE_DEP) ## stop and remove the Slurm cluster
 
 push: check-docker ## push every image tag to REGISTRY=host/namespace; records each digest in build/pushed-images.txt
 	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, e.g. make push REGISTRY=ghcr.io/you" >&2; exit 2; fi
+	@# only images make built from this tree: a stale one, or one built some other way (no labels), is refused first
+	@for image in $(IMAGES); do $(STALE_IMAGES) stale $$image --refuse --refusal "make push sends only images of this tree"; done
 	@mkdir -p $(dir $(PUSHED))
 	@for image in $(IMAGES); do for tag in $(GIT_SHA) latest; do \
 		$(DOCKER) tag $(IMAGE_PREFIX)$$image:$$tag $(REGISTRY)/$$image:$$tag && $(DOCKER) push $(REGISTRY)/$$image:$$tag; done; \
@@ -283,10 +290,10 @@ push: check-docker ## push every image tag to REGISTRY=host/namespace; records e
 			| grep -m1 "^$(REGISTRY)/$$image@"); \
 		echo "$(REGISTRY)/$$image:$(GIT_SHA) $$digest" >>$(PUSHED) && echo "recorded $$digest in $(PUSHED)"; done
 
-shell: check-docker ## open a shell in IMAGE (default jupyter) with the repository mounted
+shell: check-docker ## open a shell in IMAGE (default jupyter) as you, with the repository mounted (CMD="...": run one command)
 	@$(call fresh_image,$(or $(IMAGE),jupyter))
-	$(DOCKER) run --rm -it --user $(HOST_UID):$(HOST_GID) -v $(CURDIR):/workspace -w /workspace \
-		$(IMAGE_PREFIX)$(or $(IMAGE),jupyter):latest bash
+	@$(DOCKER) run --rm $$([[ -t 0 ]] && echo -it || echo -i) --user $(HOST_UID):$(HOST_GID) --group-add app \
+		-v $(CURDIR):/workspace -w /workspace $(IMAGE_PREFIX)$(or $(IMAGE),jupyter):latest $(if $(CMD),bash -c "$(CMD)",bash)
 
 notebook: check-docker $(COMPOSE_DEP) ## start Jupyter and TensorBoard (detached) and print the URL with the token
 	@# the notebooks train PROJECT's default model: its weights locked and cached first, where that can be done
@@ -306,16 +313,22 @@ execute: check-docker $(COMPOSE_DEP) ## run NOTEBOOK=notebooks/<name>.ipynb top 
 down: $(COMPOSE_DEP) ## stop every container of this repository's compose project
 	@$(call compose_env) scripts/compose.sh down --remove-orphans
 
-test-images: $(VENV_STAMP) $(NODE_STAMP) check-docker ## image, compose and notebook tests against the Docker engine
-	$(VENV_PY) -m pytest tests/images --numprocesses $(TEST_WORKERS) --dist loadgroup
+# Users are not root: run by root (CI), the image tests run as TEST_USER, an unprivileged account in the engine's group
+# with a clone of its own, and every file they leave there must be that account's (scripts/test_as_user.py)
+TEST_USER ?= eurosat-user
+PYTEST_ARGS ?=
+test-images: $(VENV_STAMP) $(NODE_STAMP) check-docker ## image, compose and notebook tests against the Docker engine, as a user (root: as TEST_USER)
+	@if [[ $$(id -u) == 0 ]]; then $(VENV_PY) scripts/test_as_user.py --user $(TEST_USER) -- $(PYTEST_ARGS); \
+	else $(VENV_PY) -m pytest tests/images --numprocesses $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); fi
 
 clean: ## remove .venv, node_modules, site/ and Python caches (data/ and runs/ are kept)
 	rm -rf $(VENV) node_modules site .pytest_cache .ruff_cache src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# Settings every compose call gets: paths on the host, ids of the host user, images, the GPU override.
+# Settings every compose call gets: paths on the host, ids of the host user, images, the GPU override. Every folder
+# compose mounts is made here first, as the host user: a rootful engine would create a missing one owned by root.
 define compose_env
-mkdir -p runs notebooks data $(CACHE_DIR) $(MODEL_CACHE) && \
+mkdir -p runs notebooks $(DATA) $(CACHE_DIR) $(MODEL_CACHE) && \
 REPO_DIR=$(CURDIR) DATA_DIR=$(abspath $(DATA)) CACHE_DIR=$(abspath $(CACHE_DIR)) MODEL_DIR=$(abspath $(MODEL_CACHE)) HOST_UID=$(HOST_UID) HOST_GID=$(HOST_GID) \
 WEIGHTS_LOCK=$(EUROSAT_WEIGHTS_LOCK) \
 PROJECT=$(PROJECT) TRAIN_IMAGE=$(IMAGE_PREFIX)$(PROJECT_IMAGE):latest JUPYTER_IMAGE=$(IMAGE_PREFIX)jupyter:latest \

@@ -108,11 +108,16 @@ class BaseContainer:
         candidate = self.scratch / f"{layer}.lock"
         self.run("solve-layer", f"{WORK}/{layer}.in", f"{WORK}/{layer}.lock", layer, VERSIONS["LOCK_CUTOFF"],
                  VERSIONS["SOLVER_PIP"], base)  # fmt: skip
+        self.give_back()  # root wrote the lock: the host user seals it, copies it over the tracked one, removes it
         seal(candidate)
         return candidate
 
+    def give_back(self) -> None:
+        """What the container's root wrote in the scratch folder becomes the host user's, as if they had written it."""
+        self.run("chown", "-R", f"{os.getuid()}:{os.getgid()}", WORK)
+
     def close(self) -> None:
-        subprocess.run([DOCKER, "exec", self.id, "chmod", "-R", "a+rwX", WORK], capture_output=True)  # root wrote there
+        subprocess.run([DOCKER, "exec", self.id, "chown", "-R", f"{os.getuid()}:{os.getgid()}", WORK], capture_output=True)
         subprocess.run([DOCKER, "rm", "-f", self.id], capture_output=True)
 
 

@@ -8,7 +8,7 @@ its Dockerfile and lock among them, and of images/common/, which the builds copy
 was built on (the parent's image id, or a root base's reference when the engine holds no image of it). `stale`
 compares them with the tree and the engine: a stale layer and every layer built on it is printed, one a line, for
 make to rebuild in order; each reason goes to stderr in one line. With --refuse (make's NO_BUILD=1) a stale image is
-an error instead, naming what changed; with --built-only an image not built at all is nobody's business (make
+an error instead, naming what changed (and, with --refusal, why it is not rebuilt); with --built-only an image not built at all is nobody's business (make
 doctor reports it). Options: --images DIR (the build context, make's IMAGES_DIR), --prefix
 (IMAGE_PREFIX), --root NAME=REF (CUDA_BASE, NGC_BASE). The host side needs docker and the standard library only.
 """
@@ -87,6 +87,7 @@ def main() -> int:
     parser.add_argument("--root", action="append", default=[], metavar="NAME=REF", help="a root base: CUDA_BASE=...")
     parser.add_argument("--refuse", action="store_true", help="stale: exit 2 instead of listing what to rebuild")
     parser.add_argument("--built-only", action="store_true", help="stale: nothing when IMAGE is not built at all")
+    parser.add_argument("--refusal", default="NO_BUILD is set", help="--refuse: why a stale image is not rebuilt")
     args = parser.parse_args()
     if args.command == "labels":
         print(f"--label {INPUTS}={inputs_hash(args.images, args.image)} --label {PARENT}={identity(args.base)}")
@@ -98,7 +99,7 @@ def main() -> int:
     if stale and args.refuse:
         layer, why = stale[0]
         rebuild = " ".join(f"image-{name}" for name, _ in stale)
-        print(f"error: {args.prefix}{layer}:latest is stale: {why}; NO_BUILD is set: run 'make {rebuild}'", file=sys.stderr)
+        print(f"error: {args.prefix}{layer}:latest is stale: {why}; {args.refusal}: run 'make {rebuild}'", file=sys.stderr)
         return 2
     for layer, why in stale:
         print(f"rebuilding {args.prefix}{layer}:latest: {why}", file=sys.stderr)

@@ -114,11 +114,31 @@ def test_rendered_cluster_files_are_valid_and_launch_the_same_training(project, 
     assert {spec["restartPolicy"] for spec in replicas.values()} == {"ExitCode"} and job["spec"]["runPolicy"][
         "backoffLimit"
     ] == 10
-    assert container["command"] == ["python3", "-m", "eurosat.torchrun"]
+    assert container["command"] == ["/usr/local/bin/entrypoint", "python3", "-m", "eurosat.torchrun"]
     # a signalled pod, like a signalled Slurm job, outlasts the time eurosat.torchrun gives training to stop
     notice = int(re.search(r"#SBATCH --signal=TERM@(\d+)", text)[1])
     for spec in replicas.values():
         assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == notice > stop_timeout({}) + 20
+
+
+def test_pods_run_as_the_given_user_with_a_writable_home_and_never_as_root():
+    """As the compose services: the user's UID and GID (RUN_AS, else the image's app), the claim's new files in their
+    group, a HOME of its own, the image's group that names the UID, no privilege to gain; root is refused in one line."""
+    project = PROJECTS[0]
+    run("make", "cluster-files", f"PROJECT={project}", f"REGISTRY={REGISTRY}", "RUN_AS=4242:4343", "ARGS=--epochs 1")
+    job = yaml.safe_load((REPO / "build" / "cluster" / f"{project}-1x1" / "pytorchjob.yaml").read_text())
+    assert schema_problems(job, "KubeflowOrgV1PyTorchJob", "PyTorchJob") == []
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 4242, "runAsGroup": 4343, "fsGroup": 4343,
+                                      "fsGroupChangePolicy": "OnRootMismatch", "supplementalGroups": [1000]}  # fmt: skip
+    (container,) = pod["containers"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    home = next(mount for mount in container["volumeMounts"] if mount["mountPath"] == "/home/app")
+    assert {"name": home["name"], "emptyDir": {}} in pod["volumes"]
+    assert {"name": "HOME", "value": "/home/app"} in container["env"]
+    refused = run("make", "cluster-files", f"PROJECT={project}", f"REGISTRY={REGISTRY}", "RUN_AS=0:0", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--run-as: '0:0': give UID:GID, numbers other than 0 (e.g. 1000:1000)" in refused.stderr
 
 
 def test_the_schema_check_catches_a_broken_manifest():

@@ -135,6 +135,14 @@ def slurm_script(args, train_args: list[str], name: str, combos: list[list[str]]
     )
 
 
+def user_ids(text: str) -> tuple[int, int]:
+    """--run-as UID:GID, neither of them root's."""
+    match = re.fullmatch(r"([0-9]+):([0-9]+)", text)
+    if not match or "0" in (match[1].lstrip("0") or "0", match[2].lstrip("0") or "0"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give UID:GID, numbers other than 0 (e.g. 1000:1000)")
+    return int(match[1]), int(match[2])
+
+
 def pytorchjob(args, train_args: list[str], name: str, run_dir: str) -> dict:
     launch = [
         "--nnodes", str(args.nodes), "--nproc_per_node", str(args.gpus),
@@ -152,7 +160,9 @@ def pytorchjob(args, train_args: list[str], name: str, run_dir: str) -> dict:
         "image": args.image,
         "imagePullPolicy": "IfNotPresent",
         "workingDir": "/workspace",
-        "command": ["python3", "-m", "eurosat.torchrun"],  # torchrun, exiting as its workers do (143 on SIGTERM)
+        # the image's entrypoint first (a `command` replaces it): it names the pod's UID, as in compose; then torchrun,
+        # exiting as its workers do (143 on SIGTERM)
+        "command": ["/usr/local/bin/entrypoint", "python3", "-m", "eurosat.torchrun"],
         "args": launch,
         "env": [
             {"name": "PYTHONPATH", "value": "/workspace/src"},
@@ -163,9 +173,10 @@ def pytorchjob(args, train_args: list[str], name: str, run_dir: str) -> dict:
             {"name": "TRITON_CACHE_DIR", "value": "/models/triton"},
             {"name": "PYTHONNOUSERSITE", "value": "1"},
             {"name": "EUROSAT_IMAGE", "value": args.image},  # provenance.json records the image, by digest when pushed
+            {"name": "HOME", "value": "/home/app"},  # an emptyDir: writable for whichever UID the pod runs as
         ],
         "resources": {"limits": {"nvidia.com/gpu": str(args.gpus)}},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [
             mount("/workspace", "repo", read_only=True),
             mount("/workspace/runs", "runs"),
@@ -173,17 +184,25 @@ def pytorchjob(args, train_args: list[str], name: str, run_dir: str) -> dict:
             mount("/cache", "cache"),
             mount("/models", "models"),
             {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "home", "mountPath": "/home/app"},
         ],
     }
+    uid, gid = args.run_as
     template = {
         "spec": {
             # a deleted, evicted or preempted pod gets SIGTERM and then as long as the Slurm script's notice (120 s,
             # not Kubernetes' 30) before SIGKILL: eurosat.torchrun gives training 90 s of it to checkpoint and stop
             "terminationGracePeriodSeconds": 120,
+            # as the compose services run: the user's UID and GID (files on the claim are theirs), never root; fsGroup
+            # makes the claim's new files group-writable for that GID; the image's `app` group (1000) lets the
+            # entrypoint give the UID a passwd entry
+            "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": gid, "fsGroup": gid,
+                                "fsGroupChangePolicy": "OnRootMismatch", "supplementalGroups": [1000]},  # fmt: skip
             "containers": [container],
             "volumes": [
                 {"name": volume, "persistentVolumeClaim": {"claimName": args.claim}},
                 {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                {"name": "home", "emptyDir": {}},
             ],
         }
     }
@@ -218,6 +237,10 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--claim", default="eurosat-workspace", help="Kubernetes PersistentVolumeClaim with repo/ data/ runs/ cache/ models/"
     )
+    parser.add_argument(
+        "--run-as", type=user_ids, default=(1000, 1000), metavar="UID:GID",
+        help="the pods' user and group: whoever owns the claim's files (default: 1000:1000, the image's app)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "build" / "cluster")
     args = parser.parse_args(argv)
     manifest.load(args.project)

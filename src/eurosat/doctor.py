@@ -401,6 +401,12 @@ def probe_rows(setting: Setting) -> tuple[list[Row], dict]:
     if setting.runner == "docker" and not setting.present(setting.tag):
         fix = f"make train builds it; after `make image-{setting.image}`, make doctor checks inside it too"
         return [Row("training image", "warn", f"{setting.tag} is not built", "", fix)], {}
+    stale = os.environ.get("EUROSAT_STALE_IMAGE") if setting.runner == "docker" else None
+    if stale:  # make's rebuild failed (or NO_BUILD refused it): the old image is still probed, for the other rows
+        fix = "fix what the rebuild says (above); make doctor rebuilds the image before it checks"
+        row = Row("training image", "FAIL", f"{setting.tag} is out of date: {stale}", "an image of this tree", fix)
+        facts = probe_image(setting.runner)
+        return [row], ({} if "probe_error" in facts else facts)
     facts = probe_image(setting.runner)
     if "probe_error" in facts:
         return [probe_failure_row(facts["probe_error"])], {}

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import websocket
 from engine import DOCKER, IMAGES, docker, free_port, image_id, make, make_settings, remove_tags, write_dotenv
 from helpers import REPO, copy_repository, make_in_clone
 
@@ -48,9 +49,37 @@ def running_containers() -> list[str]:
     return docker("ps", "--quiet", "--filter", "label=com.docker.compose.project=eurosat").stdout.split()
 
 
+def in_terminal(port: int, token: str, command: str, seconds: float = 60) -> str:
+    """What `command` prints in a JupyterLab terminal (the REST API opens one, its websocket types into it)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/terminals?token={token}", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        name = json.loads(response.read())["name"]
+    socket = websocket.create_connection(f"ws://127.0.0.1:{port}/terminals/websocket/{name}?token={token}", timeout=seconds)
+    try:
+        socket.send(json.dumps(["stdin", f"{command}; echo END-$((6*7))\r"]))  # the marker's echo is not the marker
+        output, deadline = "", time.monotonic() + seconds
+        while "END-42" not in output and time.monotonic() < deadline:
+            message = json.loads(socket.recv())
+            output += message[1] if message[0] == "stdout" else ""
+        return output[: output.index("END-42")]
+    finally:
+        socket.close()
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/api/terminals/{name}?token={token}",
+                                                      method="DELETE"), timeout=10)  # fmt: skip
+
+
+# A user's first commit from the lab's terminal: git finds their name in the passwd entry the image gave their UID
+FIRST_COMMIT = ("whoami && cd /workspace/notebooks && git init -q probe-repo && cd probe-repo && echo x >notes.txt && "
+                "git add notes.txt && git -c user.email=you@example.org commit -qm first && git log --format=author=%an")  # fmt: skip
+
+
 def test_make_notebook_serves_jupyter_with_a_token_and_tensorboard(built_images, dotenv):
+    """Also as the user would find it: before any data exists (the mounted data folder is made as the host user),
+    with a terminal that knows who they are and can commit."""
     root, dotenv = dotenv
+    shutil.rmtree(root / "data", ignore_errors=True)
     result = make_in(root, "notebook")
+    assert (root / "data" / "eurosat").stat().st_uid == os.getuid()  # not root's: make data can write there
     token = re.search(r"^JUPYTER_TOKEN=([0-9a-f]{48})$", (root / ".env").read_text(), re.M).group(1)
     assert oct((root / ".env").stat().st_mode & 0o777) == "0o600"
     url = f"http://127.0.0.1:{dotenv['JUPYTER_PORT']}/lab?token={token}"
@@ -67,12 +96,18 @@ def test_make_notebook_serves_jupyter_with_a_token_and_tensorboard(built_images,
     assert docker("inspect", "--format", "{{.State.Health.Status}}", *notebook).stdout.strip() == "healthy"
     published = docker("port", *notebook, "8888").stdout
     assert published.startswith("127.0.0.1:")  # private to this machine by default
+    typed = in_terminal(dotenv["JUPYTER_PORT"], token, FIRST_COMMIT)
+    assert "\r\napp\r\n" in typed and "author=app" in typed, typed
+    written = [root / "notebooks" / "probe-repo", *(root / "notebooks" / "probe-repo").rglob("*")]
+    assert {path.stat().st_uid for path in written} == {os.getuid()}
+    shutil.rmtree(root / "notebooks" / "probe-repo")
 
     (root / "notebooks" / "probe-survives-down.ipynb").write_text("{}")
     try:
         make_in(root, "down")
         assert running_containers() == []
         assert (root / "notebooks" / "probe-survives-down.ipynb").read_text() == "{}"
+        make_in(root, "data-sample")  # into the data folder the notebook's mount found missing
     finally:
         (root / "notebooks" / "probe-survives-down.ipynb").unlink()
 

@@ -133,6 +133,29 @@ def test_runs_as_the_non_root_user(probed, image):
     assert probe["uid"] != 0 and probe["user"] == "app" and probe["home"] == "/home/app"
 
 
+# What a user's tools ask of their account: whoami and getpass (Lightning, MLflow), pwd (ssh, git), id's group name
+WHO = """whoami; id -gn; python3 -c 'import getpass, os, pwd; print(getpass.getuser(), pwd.getpwuid(os.getuid()).pw_dir)'"""
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_a_host_user_the_image_does_not_know_gets_a_name_and_home(built_images, image):
+    """As every runner starts a container (compose's user:, make shell): the host user's UID and GID, unknown to the
+    image, with its `app` group. The entrypoint gives them the image user's name and HOME, as docker-stacks does."""
+    result = docker("run", "--rm", "--user", "4321:4321", "--group-add", "app", f"eurosat/{image}:latest", "bash", "-c", WHO)
+    assert result.stdout.split("\n")[:3] == ["app", "app-host", "app /home/app"], result.stdout + result.stderr
+    su = docker("run", "--rm", "--user", "4321:4321", "--group-add", "app", f"eurosat/{image}:latest",
+                "bash", "-c", "grep -c pam_deny /etc/pam.d/su")  # fmt: skip
+    assert su.stdout.strip() == "1"  # an entry the user wrote authenticates nobody: su refuses everyone
+
+
+def test_make_shell_runs_as_the_host_user_with_git(built_images):
+    """make shell CMD=...: the host user's ids, a name for them, the repository mounted, git at hand."""
+    result = make("shell", "CMD=whoami && id -u && git --version && git -C /workspace rev-parse HEAD")
+    name, uid, git, head = result.stdout.strip().splitlines()[-4:]
+    assert (name, uid) == ("app", str(os.getuid())) and git.startswith("git version")
+    assert head == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
 def labels_of(image: str) -> dict[str, str]:
     return json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", image).stdout)
 
@@ -176,6 +199,7 @@ def other_user() -> pwd.struct_passwd:
     return pwd.getpwnam(OTHER_USER)
 
 
+@pytest.mark.as_root
 def test_every_user_builds_the_same_image(built_images, other_user):
     """No host-specific build argument: the same commit built by root (CI) and by another user (UID and GID 4242), each
     from a clone of their own, gives the same image ids (so the same layers): an image one colleague pushes is the

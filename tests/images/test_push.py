@@ -4,13 +4,14 @@ each image's digest is recorded as the registry serves it, and make cluster-file
 import io
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-from engine import DOCKER, IMAGES, docker, free_port, make
+from engine import DOCKER, HIERARCHY, IMAGES, STANDINS, docker, free_port, make
 from helpers import REPO, run, wait_until_serving
 
 from eurosat import manifest
@@ -39,9 +40,16 @@ def registry(tmp_path):
         docker("rmi", *pushed, check=False)
 
 
+def labelled(image: str, parent_reference: str) -> list[str]:
+    """The labels make's build gives `image` on that parent (what makes it fresh for this tree)."""
+    labels = run(sys.executable, "scripts/stale_images.py", "labels", image, parent_reference, "--prefix", PREFIX).stdout
+    return [f"LABEL {label}" for label in labels.split("--label ") if label.strip()]
+
+
 @pytest.fixture
 def small_images():
-    """Every image of the hierarchy as a one-file image, tagged as make tags them (<git sha> and latest)."""
+    """Every image of the hierarchy as a one-file image, tagged as make tags them (<git sha> and latest), labelled as
+    make's builds label them, each on its parent (a root base: the stand-in's)."""
     sha = run("git", "rev-parse", "--short", "HEAD").stdout.strip()
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w") as tar:
@@ -51,8 +59,12 @@ def small_images():
         tar.addfile(info, io.BytesIO(data))
     subprocess.run([DOCKER, "import", "-", f"{PREFIX}base:latest"], input=layer.getvalue(), check=True, capture_output=True)
     for image in IMAGES:
-        for tag in (sha, "latest"):
-            docker("tag", f"{PREFIX}base:latest", f"{PREFIX}{image}:{tag}")
+        parent = HIERARCHY.parents[image]
+        reference = f"{PREFIX}{parent}:latest" if parent in IMAGES else STANDINS[parent]
+        dockerfile = "\n".join([f"FROM {PREFIX}base:latest", *labelled(image, reference)]) + "\n"
+        subprocess.run([DOCKER, "build", "--quiet", "--tag", f"{PREFIX}{image}:latest", "-"], input=dockerfile.encode(),
+                       check=True, capture_output=True)  # fmt: skip
+        docker("tag", f"{PREFIX}{image}:latest", f"{PREFIX}{image}:{sha}")
     yield sha
     references = docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
     docker("rmi", *[r for r in references if PREFIX in r], check=False)
@@ -84,3 +96,22 @@ def test_make_push_records_the_registrys_digests_and_cluster_files_pin_by_them(r
     assert f"image {registry}/team/{image}@{digest}: pinned by digest" in result.stdout
     script = (REPO / "build" / "cluster" / f"{project}-2x1" / "slurm.sbatch").read_text()
     assert f"ENROOT_IMAGE='{registry}#team/{image}:{digest}'" in script
+
+
+def test_make_push_refuses_an_image_that_is_not_this_trees(registry, small_images, tmp_path):
+    """A stale image (its inputs changed since it was built) or one built some other way (no labels) is refused in
+    one line before anything is pushed: a cluster must never run what no commit describes."""
+    images = tmp_path / "images"
+    shutil.copytree(REPO / "images", images)
+    (images / "common" / "entrypoint.sh").write_text((images / "common" / "entrypoint.sh").read_text() + "# changed\n")
+    pushed = tmp_path / "pushed-images.txt"
+    stale = make("push", f"REGISTRY={registry}/team", f"IMAGE_PREFIX={PREFIX}", f"PUSHED={pushed}", f"IMAGES_DIR={images}",
+                 check=False)  # fmt: skip
+    first = IMAGES[0]
+    assert stale.returncode != 0 and not pushed.exists()
+    assert f"error: {PREFIX}{first}:latest is stale: images/{first}/ or images/common/ changed since it was built" in stale.stderr
+    assert "make push sends only images of this tree" in stale.stderr
+    docker("tag", f"{PREFIX}base:latest", f"{PREFIX}{IMAGES[-1]}:latest")  # unlabelled: built without make
+    unlabelled = make("push", f"REGISTRY={registry}/team", f"IMAGE_PREFIX={PREFIX}", f"PUSHED={pushed}", check=False)
+    assert unlabelled.returncode != 0 and not pushed.exists()
+    assert f"error: {PREFIX}{IMAGES[-1]}:latest is stale" in unlabelled.stderr
