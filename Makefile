@@ -177,9 +177,9 @@ summary: $(VENV_STAMP) ## summary.md, .csv and .png of many runs, grouped by set
 	@[[ -n "$(RUNS)" ]] || { echo 'error: pass RUNS="runs/<project>/<sweep or glob>" (run directories to summarize)' >&2; exit 2; }
 	$(VENV_PY) -m eurosat.summary $(RUNS)
 
-reproduce: $(VENV_STAMP) ## train a recorded run again, warn about every provenance difference, compare metrics: RUN=runs/<project>/<id>
+reproduce: $(VENV_STAMP) $(COMPOSE_DEP) ## train a recorded run again where it ran (its image, the venv; a cluster job: printed, SUBMIT=1), compare: RUN=runs/<project>/<id>
 	@[[ -n "$(RUN)" ]] || { echo "error: pass RUN=runs/<project>/<run-id> (a run directory to reproduce)" >&2; exit 2; }
-	$(VENV_PY) -m eurosat.reproduce "$(RUN)"
+	@$(call compose_env) $(VENV_PY) -m eurosat.reproduce "$(RUN)" $(if $(SUBMIT),--submit) $(if $(IN_IMAGE),--image "$(IN_IMAGE)")
 
 report: $(VENV_STAMP) ## report.md and report.png (curves, confusion matrix, settings, provenance) in a run directory: RUN=runs/<project>/<id>
 	@[[ -n "$(RUN)" ]] || { echo "error: pass RUN=runs/<project>/<run-id> (a run directory to report on)" >&2; exit 2; }
@@ -260,10 +260,10 @@ lock-images: $(VENV_STAMP) check-docker ## solve each image layer's lock inside 
 pin: check-docker ## re-resolve the root bases' tags (FROM ... AS root-base) to digests (needs the registries)
 	DOCKER=$(DOCKER) scripts/pin.sh $(wildcard images/*/Dockerfile)
 
-cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY, ARGS, MAX_REQUEUES, RUN_AS=UID:GID; SWEEP: a job array) into build/cluster/
-	@if [[ -z "$(REGISTRY)" ]]; then echo "error: set REGISTRY, the registry the cluster pulls from (make push REGISTRY=... puts the images there)" >&2; exit 2; fi
+cluster-files: check-project $(VENV_STAMP) ## render a Slurm script and a Kubeflow PyTorchJob for PROJECT on NODES x GPUS (REGISTRY or CLUSTER_IMAGE, ARGS, MAX_REQUEUES, RUN_AS=UID:GID; SWEEP: a job array) into build/cluster/
+	@if [[ -z "$(REGISTRY)$(CLUSTER_IMAGE)" ]]; then echo "error: set REGISTRY, the registry the cluster pulls from (make push REGISTRY=... puts the images there), or CLUSTER_IMAGE" >&2; exit 2; fi
 	$(VENV_PY) scripts/cluster/render.py --project $(PROJECT) --nodes $(NODES) --gpus $(or $(GPUS),1) \
-		--image $(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA) --pushed $(PUSHED) --args="$(ARGS)" --sweep="$(SWEEP)" --max-requeues $(or $(MAX_REQUEUES),10) \
+		--image $(or $(CLUSTER_IMAGE),$(REGISTRY)/$(PROJECT_IMAGE):$(GIT_SHA)) --pushed $(PUSHED) --args="$(ARGS)" --sweep="$(SWEEP)" --max-requeues $(or $(MAX_REQUEUES),10) \
 		$(if $(RUN_AS),--run-as $(RUN_AS))
 
 slurm-image: check-project check-docker ## build the Slurm nodes' image on PROJECT's image (slurm-up does it first)

@@ -2,6 +2,7 @@
 OpenAPI-generated kubeflow-training and kubernetes clients: no unknown field, the right types, required fields
 present); the Slurm script passes bash -n and shellcheck. Both launch the same train.py with the same flags."""
 
+import json
 import os
 import re
 import shlex
@@ -252,8 +253,8 @@ def test_the_rendered_script_hands_pyxis_the_enroot_form():
     text = (render(PROJECTS[0], 2, 1, "") / "slurm.sbatch").read_text()
     image = manifest.load(PROJECTS[0]).image
     assert re.search(rf"^ENROOT_IMAGE='?registry\.example\.org#team/{image}:[0-9a-f]+'?$", text, re.M), text
-    assert 'converted sqsh "docker://$ENROOT_IMAGE" enroot import --output' in text  # converted once, from enroot's form
-    assert 'converted sif "docker://$IMAGE" apptainer build' in text  # Apptainer: Docker's form
+    assert 'pyxis) image_file+=.sqsh source="docker://$ENROOT_IMAGE" convert=(enroot import --output) ;;' in text  # enroot's
+    assert 'apptainer) image_file+=.sif source="docker://$IMAGE" convert=(apptainer build) ;;' in text  # Docker's form
 
 
 def test_cluster_files_pin_the_image_by_the_digest_make_push_recorded(tmp_path):
@@ -321,41 +322,81 @@ def test_cluster_files_hand_training_the_weights_cache(default_weights):
     text = (out / "slurm.sbatch").read_text()
     assert "MODEL_DIR=${MODEL_DIR:-$REPO_DIR/.cache/models}" in text
     assert '"HF_HOME=$models/huggingface" "TORCH_HOME=$models/torch"\n' in text
-    assert '"TORCHINDUCTOR_CACHE_DIR=$models/inductor" "TRITON_CACHE_DIR=$models/triton" PYTHONNOUSERSITE=1\n' in text
+    assert '"TORCHINDUCTOR_CACHE_DIR=$models/inductor" "TRITON_CACHE_DIR=$models/triton" PYTHONNOUSERSITE=1 EUROSAT_RUNNER=slurm\n' in text
     assert text.count("$MODEL_DIR:/models") == 2  # pyxis and Apptainer mount it; CONTAINER_RUNTIME=none reads it in place
     assert "none) workdir=$REPO_DIR data=$DATA_DIR cache=$CACHE_DIR models=$MODEL_DIR ;;" in text
 
 
+def image_environment() -> dict[str, str]:
+    """The torch-ngc image's own environment as pyxis sees it: its Dockerfile's ENV of HOME and the caches."""
+    text = (REPO / "images" / "torch-ngc" / "Dockerfile").read_text()
+    instruction = re.search(r"^ENV (HOME=(?:.*\\\n)*.*)$", text, re.M).group(1)
+    return dict(item.split("=", 1) for item in instruction.replace("\\\n", " ").split() if "=" in item)
+
+
+PYXIS_SRUN = """#!/usr/bin/env python3
+# srun with pyxis, as far as the script depends on it: --export passes the named variables of the job (ALL by default);
+# in the container the image's environment comes first and keeps its value of a variable the image sets unless
+# --container-env names it (NVIDIA/pyxis#124); the command is not run, the environment it would get is recorded.
+import json, os, subprocess, sys
+args, options = sys.argv[1:], {}
+log = open(os.environ["LOG"], "a")
+while args and args[0].startswith("--"):
+    name, _, value = args.pop(0).partition("=")
+    options[name] = value
+    print(f"srun {name}" + (f"={value}" if value else ""), file=log)
+if "--container-image" not in options:
+    log.close()
+    os.execvp(args[0], args)
+exported = options.get("--export", "ALL")
+job = dict(os.environ) if exported == "ALL" else {n: os.environ[n] for n in exported.split(",") if n in os.environ}
+named = set(filter(None, options.get("--container-env", "").split(",")))
+image = json.loads(os.environ["IMAGE_ENV"])
+env = {**image, **{k: v for k, v in job.items() if k not in image or k in named}}
+print("pyxis", options["--container-image"], json.dumps(env, sort_keys=True), file=log)
+"""
 STAND_INS = {  # what the script calls on a node, as the real commands behave for it (no Slurm, enroot or Apptainer)
     "scontrol": 'if [[ $1 == show ]]; then echo node1; else echo "scontrol $*" >>"$LOG"; fi',
-    # srun runs its command; pyxis's srun starts the container image given to --container-image instead
-    "srun": """image=
-while [[ $1 == --* ]]; do [[ $1 == --container-image=* ]] && image=${1#*=}; echo "srun $1" >>"$LOG"; shift; done
-if [[ -n $image ]]; then echo "pyxis $image PYTHONNOUSERSITE=$PYTHONNOUSERSITE EUROSAT_IMAGE=$EUROSAT_IMAGE" >>"$LOG"; exit 0; fi
-exec "$@\"""",
     "enroot": 'echo "enroot $*" >>"$LOG"; sleep 1; echo squashfs >"$3"',
     "apptainer": """if [[ $1 == build ]]; then echo "apptainer $*" >>"$LOG"; sleep 1; echo sif >"$2"; exit 0; fi
 echo "apptainer $*" >>"$LOG\"""",
+    # sbatch of the submission: records its options, answers a job id as --parsable does
+    "sbatch": """{ printf sbatch; printf ' %q' "$@"; echo; } >>"$LOG"; echo "$((100 + $(grep -c ^sbatch "$LOG")));cluster\"""",
 }
+
+
+def stand_ins(tmp_path: Path, runtime: str, **replaced: str) -> dict:
+    """A bin folder of stand-ins first on PATH, and the environment a job of the rendered script starts with."""
+    bin_dir, repo, log = tmp_path / "bin", tmp_path / "repo", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for name, body in {**STAND_INS, **replaced}.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "srun").write_text(PYXIS_SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log), "REPO_DIR": str(repo),
+            "CONTAINER_RUNTIME": runtime, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node1",
+            "PYTHONNOUSERSITE": "", "IMAGE_ENV": json.dumps(image_environment()), "SUBMITTERS_OWN": "1"}  # fmt: skip
+
+
+def rendered(sweep: str = "") -> tuple[Path, str]:
+    """The Slurm script of the first project on one node, and its IMAGE."""
+    project = PROJECTS[0]
+    run("make", "cluster-files", f"PROJECT={project}", "NODES=1", f"REGISTRY={REGISTRY}", *([f"SWEEP={sweep}"] if sweep else []))
+    script = REPO / "build" / "cluster" / f"{project}-1x1{'-sweep' if sweep else ''}" / "slurm.sbatch"
+    return script, re.search(r"^IMAGE=(\S+)$", script.read_text(), re.M).group(1).strip("'")
 
 
 @pytest.mark.parametrize("runtime", ["pyxis", "apptainer"])
 def test_the_image_is_converted_once_for_every_start_and_array_task(runtime, tmp_path):
-    """Two array tasks starting together and a requeued start: one conversion (the first, under a lock), every start
-    runs that file, with a clean environment. Slurm, enroot and Apptainer are not installable here: the commands the
-    script calls are stand-ins that record how they were called."""
-    project = PROJECTS[0]
-    run("make", "cluster-files", f"PROJECT={project}", "NODES=1", f"REGISTRY={REGISTRY}", "SWEEP=--seed 1,2")
-    script = REPO / "build" / "cluster" / f"{project}-1x1-sweep" / "slurm.sbatch"
-    image = re.search(r"^IMAGE=(\S+)$", script.read_text(), re.M).group(1).strip("'")
-    bin_dir, repo, log = tmp_path / "bin", tmp_path / "repo", tmp_path / "calls.log"
-    bin_dir.mkdir()
-    for name, body in STAND_INS.items():
-        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log), "REPO_DIR": str(repo),
-           "CONTAINER_RUNTIME": runtime, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node1",
-           "SLURM_ARRAY_JOB_ID": "41", "PYTHONNOUSERSITE": ""}  # fmt: skip
+    """Two array tasks starting together and a requeued start: one conversion (the first, under a lock, into a name
+    of its own renamed in one step), every start runs that file with training's environment and no other: under
+    pyxis the job's caches and HOME win over the image's (--container-env) and nothing else of the submitter's gets
+    in (--export), HOME a writable mount. Slurm, enroot and Apptainer are not installable here: the commands the
+    script calls are stand-ins that record how they were called (pyxis's srun: what environment it would give)."""
+    script, image = rendered("--seed 1,2")
+    env = {**stand_ins(tmp_path, runtime), "SLURM_ARRAY_JOB_ID": "41"}
+    repo, log = Path(env["REPO_DIR"]), Path(env["LOG"])
 
     def start(task: int, restart: int = 0) -> subprocess.Popen:
         settings = {"SLURM_JOB_ID": str(42 + task), "SLURM_ARRAY_TASK_ID": str(task), "SLURM_RESTART_COUNT": str(restart)}
@@ -370,20 +411,83 @@ def test_the_image_is_converted_once_for_every_start_and_array_task(runtime, tmp
     calls = log.read_text().splitlines()
     suffix = "sqsh" if runtime == "pyxis" else "sif"
     (converted,) = (repo / ".cache" / "images").glob(f"*.{suffix}")
+    assert not list(converted.parent.glob("*.partial*"))
     conversions = [call for call in calls if call.startswith(("enroot import", "apptainer build"))]
+    home = repo / ".cache" / "home"
     if runtime == "pyxis":
         enroot_image = re.search(r"^ENROOT_IMAGE=(\S+)$", script.read_text(), re.M).group(1).strip("'")
-        assert conversions == [f"enroot import --output {converted}.partial docker://{enroot_image}"]
-        starts = [call for call in calls if call.startswith("pyxis ")]
-        assert starts == [f"pyxis {converted} PYTHONNOUSERSITE=1 EUROSAT_IMAGE={image}"] * 3
+        (conversion,) = conversions
+        assert re.fullmatch(rf"enroot import --output {re.escape(str(converted))}\.partial\.\w{{6}} docker://{re.escape(enroot_image)}",
+                            conversion)  # fmt: skip
+        starts = [call.split(" ", 2) for call in calls if call.startswith("pyxis ")]
+        assert [start[1] for start in starts] == [str(converted)] * 3
+        for _, _, environment in starts:
+            seen = json.loads(environment)
+            assert {name: seen.get(name) for name in ("HOME", "XDG_CACHE_HOME", "TORCH_HOME", "TRITON_CACHE_DIR", "MPLCONFIGDIR",
+                    "HF_HOME", "PYTHONNOUSERSITE", "EUROSAT_IMAGE", "EUROSAT_RUNNER")} == {  # fmt: skip
+                "HOME": "/home/app", "XDG_CACHE_HOME": "/home/app/.cache", "TORCH_HOME": "/models/torch",
+                "TRITON_CACHE_DIR": "/models/triton", "MPLCONFIGDIR": "/home/app/.cache/matplotlib",
+                "HF_HOME": "/models/huggingface", "PYTHONNOUSERSITE": "1", "EUROSAT_IMAGE": image, "EUROSAT_RUNNER": "slurm",
+            }  # fmt: skip
+            assert "SUBMITTERS_OWN" not in seen and "LOG" not in seen  # the submitter's shell stays outside
         assert calls.count("srun --no-container-mount-home") == 3
+        mounts = [call for call in calls if call.startswith("srun --container-mounts=")]
+        assert mounts and all(call.endswith(f",{home}:/home/app") for call in mounts) and home.is_dir()
     else:
-        assert conversions == [f"apptainer build {converted}.partial docker://{image}"]
+        assert len(conversions) == 1 and re.fullmatch(
+            rf"apptainer build {re.escape(str(converted))}\.partial\.\w{{6}} docker://{re.escape(image)}", conversions[0])
         starts = [call for call in calls if call.startswith("apptainer exec")]
         assert len(starts) == 3
         for call in starts:
             words = call.split()
-            assert {"--cleanenv", "--no-home", "--writable-tmpfs", str(converted)} <= set(words)
+            assert {"--cleanenv", "--writable-tmpfs", str(converted)} <= set(words)
+            assert words[words.index("--home") + 1] == f"{home}:/home/app"
             environment = dict(item.split("=", 1) for item in words[words.index("--env") + 1].split(","))
             assert environment["PYTHONNOUSERSITE"] == "1" and environment["EUROSAT_IMAGE"] == image
+            assert environment["TORCH_HOME"] == "/models/torch" and "HOME" not in environment  # (Apptainer's --home)
     assert sum("converting" in err for _, err in outputs) == 1
+    warned = ["converts it in its GPU allocation" in err for _, err in outputs]  # sbatch'd directly: said
+    assert warned[0] or warned[1] and not warned[2]  # (the tasks that started before it was converted)
+
+
+@pytest.mark.parametrize("runtime", ["pyxis", "apptainer"])
+def test_a_failed_conversion_fails_the_job_and_leaves_no_image(runtime, tmp_path):
+    """enroot or Apptainer failing (a registry refusing the pull, a full disk) ends the job with one error line, no
+    training started, no file that a later start would take for the image."""
+    failing = {"enroot": 'echo "enroot $*" >>"$LOG"; echo half >"$3"; echo "[ERROR] 401 Unauthorized" >&2; exit 1',
+               "apptainer": 'echo "apptainer $*" >>"$LOG"; echo half >"$2"; echo "FATAL: no space left" >&2; exit 255'}  # fmt: skip
+    script, image = rendered()
+    env = {**stand_ins(tmp_path, runtime, **{runtime if runtime == "apptainer" else "enroot": failing[runtime if runtime == "apptainer" else "enroot"]}),
+           "SLURM_JOB_ID": "7"}  # fmt: skip
+    result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert f"error: converting {image} for {runtime} failed (above): nothing was trained; fix it and submit again" in result.stderr
+    store = Path(env["REPO_DIR"]) / ".cache" / "images"
+    assert [path.name for path in store.iterdir() if not path.name.endswith(".lock")] == []
+    calls = Path(env["LOG"]).read_text()
+    assert "pyxis " not in calls and "apptainer exec" not in calls
+
+
+def test_submitting_converts_the_image_in_a_cpu_job_the_training_waits_for(tmp_path):
+    """`bash slurm.sbatch [flags]` outside a job submits a CPU job that converts the image, then the training job
+    depending on it, so that no GPU allocation waits for the conversion; once converted, it submits training alone."""
+    script, image = rendered()
+    env = stand_ins(tmp_path, "pyxis")
+    log = Path(env["LOG"])
+    result = subprocess.run(["bash", script, "--epochs", "1"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    convert, train = log.read_text().splitlines()
+    words = shlex.split(convert)
+    assert words[:2] == ["sbatch", "--parsable"] and "--export=ALL,EUROSAT_STEP=convert" in words
+    assert not [word for word in words if "gpu" in word or "gres" in word]  # a CPU job
+    assert words[-1] == f"--wrap=bash {script}"
+    assert shlex.split(train) == ["sbatch", "--dependency=afterok:101", str(script), "--epochs", "1"]
+    assert "submitted job 101: converts" in result.stdout
+
+    step = subprocess.run(["bash", script], env={**env, "EUROSAT_STEP": "convert", "SLURM_JOB_ID": "101"},
+                          capture_output=True, text=True, timeout=60)  # fmt: skip (what the CPU job runs)
+    assert step.returncode == 0, step.stderr
+    assert len(list((Path(env["REPO_DIR"]) / ".cache" / "images").glob("*.sqsh"))) == 1
+    log.write_text("")
+    subprocess.run(["bash", script], env=env, check=True, capture_output=True, timeout=60)
+    assert shlex.split(log.read_text()) == ["sbatch", str(script)]  # converted already: no CPU job

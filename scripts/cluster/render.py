@@ -173,6 +173,7 @@ def pytorchjob(args, train_args: list[str], name: str, run_dir: str) -> dict:
             {"name": "TRITON_CACHE_DIR", "value": "/models/triton"},
             {"name": "PYTHONNOUSERSITE", "value": "1"},
             {"name": "EUROSAT_IMAGE", "value": args.image},  # provenance.json records the image, by digest when pushed
+            {"name": "EUROSAT_RUNNER", "value": "kubernetes"},  # provenance.json records what started the run
             {"name": "HOME", "value": "/home/app"},  # an emptyDir: writable for whichever UID the pod runs as
         ],
         "resources": {"limits": {"nvidia.com/gpu": str(args.gpus)}},

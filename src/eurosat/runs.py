@@ -216,7 +216,17 @@ def provenance(seed: int, device: torch.device, world_size: int = 1) -> dict:
             "driver": driver,
         },
         "container": container_image(),
+        "runner": runner(),
     }
+
+
+def runner() -> dict:
+    """What started the run, so that `make reproduce` reruns it the same way: compose (make train's Docker runner), a
+    Slurm job, a Kubernetes PyTorchJob (each sets EUROSAT_RUNNER), or a process on this machine (the venv)."""
+    found = {"name": os.environ.get("EUROSAT_RUNNER") or "local"}
+    if os.environ.get("SLURM_JOB_ID"):
+        found["slurm"] = {"job_id": os.environ["SLURM_JOB_ID"], "nodes": int(os.environ.get("SLURM_JOB_NUM_NODES") or 1)}
+    return found
 
 
 def container_image() -> dict:
