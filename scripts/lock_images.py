@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -233,6 +234,23 @@ def fits(lock: Path, here: str, source: Path) -> bool:
     return bool(recorded and recorded.group(1) == here and f"# input sha256: {input_hash(source)}\n" in text)
 
 
+def parent_from_committed_locks(layer: str, base: str, out: Path) -> None:
+    """LOCKED=1: a parent image (one of ours) must have been built from the committed lock of every layer below: a
+    parent built from a lock re-solved into build/locks is not what the tree describes, whatever holds on it."""
+    found = subprocess.run([DOCKER, "image", "inspect", "--format", "{{json .Config.Labels}}", base], capture_output=True,
+                           text=True)  # fmt: skip
+    labels = (json.loads(found.stdout) if found.returncode == 0 else None) or {}
+    for below in image_hierarchy().lineage(layer)[1:]:
+        recorded = labels.get(f"io.github.eurosat.lock.{below}.sha256")
+        committed = hashlib.sha256((out / below / "requirements.lock").read_bytes()).hexdigest()
+        if recorded and recorded != committed:
+            raise LockError(
+                f"{base} was built from another images/{below}/requirements.lock than the committed one (a re-solve): "
+                f"LOCKED=1 builds only on committed locks: rebuild it with 'make image-{below} LOCKED=1', or build "
+                "without LOCKED=1"
+            )
+
+
 def build_on(layer: str, base: str, ngc_base: str, out: Path, resolved: Path, locked: bool) -> Path:
     """The build context for the layer on `base`: `out` when its lock is solved against `base` or holds there, else
     a copy of `out` with the lock re-solved inside `base` (kept in `resolved`)."""
@@ -240,6 +258,8 @@ def build_on(layer: str, base: str, ngc_base: str, out: Path, resolved: Path, lo
     name = f"images/{layer}/requirements.lock"
     text = lock.read_text() if lock.is_file() else ""
     recorded = BASE_LINE.search(text)
+    if locked:
+        parent_from_committed_locks(layer, base, out)
     here = fingerprint(base)
     if recorded and recorded.group(1) == here:
         say(f"{name}: solved against this base")
@@ -252,7 +272,8 @@ def build_on(layer: str, base: str, ngc_base: str, out: Path, resolved: Path, lo
     if outcome is None:
         say(f"{name} was solved on {solved_on}; proving it on {base}")
         outcome = prove(layer, out, base)
-        proofs.record(key, outcome)
+        if outcome == "holds":  # only a proof that held is kept: a failure may be the network's, and is tried again
+            proofs.record(key, outcome)
     if outcome == "holds":
         differ = differences(recorded.group(1), here) if recorded else "no '# base:' line in the lock"
         say(f"{name}: solved on {solved_on}, built on {base} ({differ}), where it holds: every hash, no package of "

@@ -8,8 +8,8 @@ its Dockerfile and lock among them, and of images/common/, which the builds copy
 was built on (the parent's image id, or a root base's reference when the engine holds no image of it). `stale`
 compares them with the tree and the engine: a stale layer and every layer built on it is printed, one a line, for
 make to rebuild in order; each reason goes to stderr in one line. With --refuse (make's NO_BUILD=1) a stale image is
-an error instead, naming what changed (and, with --refusal, why it is not rebuilt); with --built-only an image not built at all is nobody's business (make
-doctor reports it). Options: --images DIR (the build context, make's IMAGES_DIR), --prefix
+an error instead, naming what changed (and, with --refusal, why it is not rebuilt); with --built-only an image not
+built at all is nobody's business (make doctor reports it). Options: --images DIR (the build context, make's IMAGES_DIR), --prefix
 (IMAGE_PREFIX), --root NAME=REF (CUDA_BASE, NGC_BASE). The host side needs docker and the standard library only.
 """
 

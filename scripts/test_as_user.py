@@ -19,6 +19,7 @@ import argparse
 import grp
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     passed = {name: os.environ[name] for name in PASSED if os.environ.get(name)}
     user_env = {**passed, "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name, "PATH": SYSTEM_PATH}
     command = ["runuser", "-u", user.pw_name, "--", "env", "-i", *(f"{k}={v}" for k, v in user_env.items()),
-               "make", "test-images", f"PYTEST_ARGS=-m 'not as_root' {' '.join(args.pytest_args)}"]  # fmt: skip
+               "make", "test-images", f"PYTEST_ARGS=-m 'not as_root' {shlex.join(args.pytest_args)}"]  # fmt: skip
     as_user = subprocess.run(command, cwd=clone).returncode
     foreign = foreign_files(user, clone)
     if foreign:

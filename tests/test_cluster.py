@@ -13,7 +13,7 @@ from pathlib import Path
 import kubernetes.client.models as k8s_models
 import pytest
 import yaml
-from helpers import PROJECTS, REPO, pinned_stand_in, run, script_module
+from helpers import PROJECTS, REPO, SMALL, pinned_stand_in, run, run_project, script_module, single_run_dir
 from kubeflow.training import models as kubeflow_models
 
 from eurosat import manifest
@@ -322,7 +322,8 @@ def test_cluster_files_hand_training_the_weights_cache(default_weights):
     text = (out / "slurm.sbatch").read_text()
     assert "MODEL_DIR=${MODEL_DIR:-$REPO_DIR/.cache/models}" in text
     assert '"HF_HOME=$models/huggingface" "TORCH_HOME=$models/torch"\n' in text
-    assert '"TORCHINDUCTOR_CACHE_DIR=$models/inductor" "TRITON_CACHE_DIR=$models/triton" PYTHONNOUSERSITE=1 EUROSAT_RUNNER=slurm\n' in text
+    caches = '"TORCHINDUCTOR_CACHE_DIR=$models/inductor" "TRITON_CACHE_DIR=$models/triton"'
+    assert f"{caches} PYTHONNOUSERSITE=1 EUROSAT_RUNNER=slurm\n" in text
     assert text.count("$MODEL_DIR:/models") == 2  # pyxis and Apptainer mount it; CONTAINER_RUNTIME=none reads it in place
     assert "none) workdir=$REPO_DIR data=$DATA_DIR cache=$CACHE_DIR models=$MODEL_DIR ;;" in text
 
@@ -435,7 +436,8 @@ def test_the_image_is_converted_once_for_every_start_and_array_task(runtime, tmp
         assert mounts and all(call.endswith(f",{home}:/home/app") for call in mounts) and home.is_dir()
     else:
         assert len(conversions) == 1 and re.fullmatch(
-            rf"apptainer build {re.escape(str(converted))}\.partial\.\w{{6}} docker://{re.escape(image)}", conversions[0])
+            rf"apptainer build {re.escape(str(converted))}\.partial\.\w{{6}} docker://{re.escape(image)}", conversions[0]
+        )
         starts = [call for call in calls if call.startswith("apptainer exec")]
         assert len(starts) == 3
         for call in starts:
@@ -454,14 +456,16 @@ def test_the_image_is_converted_once_for_every_start_and_array_task(runtime, tmp
 def test_a_failed_conversion_fails_the_job_and_leaves_no_image(runtime, tmp_path):
     """enroot or Apptainer failing (a registry refusing the pull, a full disk) ends the job with one error line, no
     training started, no file that a later start would take for the image."""
-    failing = {"enroot": 'echo "enroot $*" >>"$LOG"; echo half >"$3"; echo "[ERROR] 401 Unauthorized" >&2; exit 1',
-               "apptainer": 'echo "apptainer $*" >>"$LOG"; echo half >"$2"; echo "FATAL: no space left" >&2; exit 255'}  # fmt: skip
+    tool, failing = {
+        "pyxis": ("enroot", 'echo "enroot $*" >>"$LOG"; echo half >"$3"; echo "[ERROR] 401 Unauthorized" >&2; exit 1'),
+        "apptainer": ("apptainer", 'echo "apptainer $*" >>"$LOG"; echo half >"$2"; echo "FATAL: no space left" >&2; exit 255'),
+    }[runtime]
     script, image = rendered()
-    env = {**stand_ins(tmp_path, runtime, **{runtime if runtime == "apptainer" else "enroot": failing[runtime if runtime == "apptainer" else "enroot"]}),
-           "SLURM_JOB_ID": "7"}  # fmt: skip
+    env = {**stand_ins(tmp_path, runtime, **{tool: failing}), "SLURM_JOB_ID": "7"}
     result = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
-    assert f"error: converting {image} for {runtime} failed (above): nothing was trained; fix it and submit again" in result.stderr
+    said = f"error: converting {image} for {runtime} failed (above): nothing was trained; fix it and submit again"
+    assert said in result.stderr
     store = Path(env["REPO_DIR"]) / ".cache" / "images"
     assert [path.name for path in store.iterdir() if not path.name.endswith(".lock")] == []
     calls = Path(env["LOG"]).read_text()
@@ -484,10 +488,46 @@ def test_submitting_converts_the_image_in_a_cpu_job_the_training_waits_for(tmp_p
     assert shlex.split(train) == ["sbatch", "--dependency=afterok:101", str(script), "--epochs", "1"]
     assert "submitted job 101: converts" in result.stdout
 
-    step = subprocess.run(["bash", script], env={**env, "EUROSAT_STEP": "convert", "SLURM_JOB_ID": "101"},
-                          capture_output=True, text=True, timeout=60)  # fmt: skip (what the CPU job runs)
+    step = subprocess.run(
+        ["bash", script],
+        env={**env, "EUROSAT_STEP": "convert", "SLURM_JOB_ID": "101"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # (what the CPU job runs)
     assert step.returncode == 0, step.stderr
     assert len(list((Path(env["REPO_DIR"]) / ".cache" / "images").glob("*.sqsh"))) == 1
     log.write_text("")
     subprocess.run(["bash", script], env=env, check=True, capture_output=True, timeout=60)
     assert shlex.split(log.read_text()) == ["sbatch", str(script)]  # converted already: no CPU job
+
+
+def test_make_reproduce_of_a_slurm_run_prints_and_submits_its_rerun_in_its_image(sample_dir, tmp_path):
+    """A run a Slurm job made (its provenance: the runner, the nodes, the image by digest) reruns as a cluster job in
+    that image: make reproduce prints the two commands; SUBMIT=1 runs them (sbatch is a stand-in that records)."""
+    project = PROJECTS[0]
+    out = tmp_path / "runs"
+    run_project(project, "train", "--data", sample_dir, "--out", out, "--epochs", "1", *SMALL)
+    run_dir = single_run_dir(out)
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    image = f"{REGISTRY}/{manifest.load(project).image}@{DIGEST}"
+    provenance["runner"] = {"name": "slurm", "slurm": {"job_id": "77", "nodes": 1}}
+    provenance["container"].update(in_container=True, image=image, digest=DIGEST)
+    (run_dir / "provenance.json").write_text(json.dumps(provenance))
+    printed = run("make", "reproduce", f"RUN={run_dir}")
+    lines = printed.stdout.strip().splitlines()
+    assert lines[0] == f"RUN={run_dir} ran as a slurm job in {image}; it reruns with:"
+    render, submit = (shlex.split(line) for line in lines[1:3])
+    assert render[:6] == ["make", "cluster-files", f"PROJECT={project}", "NODES=1", "GPUS=1", f"CLUSTER_IMAGE={image}"]
+    flags = shlex.split(render[6].removeprefix("ARGS="))
+    assert flags[flags.index("--epochs") + 1] == "1" and "--no-pretrained" in flags and "--data" not in flags
+    assert submit == ["bash", f"build/cluster/{project}-1x1/slurm.sbatch"]
+
+    env = stand_ins(tmp_path, "pyxis")
+    submitted = run("make", "reproduce", f"RUN={run_dir}", "SUBMIT=1", env={**env, "REPO_DIR": str(REPO)})
+    assert "submitted job 101: converts" in submitted.stdout
+    convert, train = Path(env["LOG"]).read_text().splitlines()
+    script = REPO / "build" / "cluster" / f"{project}-1x1" / "slurm.sbatch"
+    assert shlex.split(train) == ["sbatch", "--dependency=afterok:101", str(script.relative_to(REPO))]
+    text = script.read_text()
+    assert f"\nIMAGE={image}\n" in text and "--no-pretrained" in text  # rendered for the recorded image and flags

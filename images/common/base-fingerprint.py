@@ -4,7 +4,8 @@
     base-fingerprint show                      the fingerprint of this environment, one line
     base-fingerprint check LOCK NAME           say whether LOCK (shown as NAME) was solved here or on another base
     base-fingerprint freeze                    every installed distribution, name==version, one a line
-    base-fingerprint unchanged BEFORE          fail unless every distribution in BEFORE (a freeze) is unchanged
+    base-fingerprint unchanged BEFORE          fail unless every distribution in BEFORE (a freeze) is unchanged and
+                                               no other distribution installed a file one of them installed
     base-fingerprint meets IN NAME             fail unless every requirement of IN (shown as NAME) is installed
 
 A fingerprint is what decides how a lock solves: the Python version and platform, the sha256 of the pip
@@ -84,6 +85,29 @@ def meets(source: Path, name: str) -> int:
     return 0
 
 
+def installed_files() -> dict[str, set[str]]:
+    """Each distribution's files, as its RECORD lists them, by absolute path."""
+    files: dict[str, set[str]] = {}
+    for dist in distributions():
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
+        paths = {os.path.normpath(str(dist.locate_file(path))) for path in dist.files or []}
+        files.setdefault(name, set()).update(paths)
+    return files
+
+
+def overwritten(base_names: set[str]) -> list[str]:
+    """Files of the base's distributions that a distribution of the layer installed too, under another name (PyPI's
+    triton over NGC's pytorch-triton): pip sees two packages, the base's version unchanged, and its files replaced."""
+    files = installed_files()
+    owners = {path: name for name in base_names & files.keys() for path in files[name]}
+    found = []
+    for name in sorted(files.keys() - base_names):
+        shared = sorted(path for path in files[name] if path in owners)
+        if shared:
+            found.append(f"{name} overwrites {len(shared)} file(s) of {owners[shared[0]]} (e.g. {shared[0]})")
+    return found
+
+
 def unchanged(before: Path) -> int:
     now = dict(line.split("==", 1) for line in freeze())
     base = before.read_text().split()
@@ -95,7 +119,11 @@ def unchanged(before: Path) -> int:
     if changed:
         print(f"error: this layer changed packages of its base: {', '.join(changed)}", file=sys.stderr)
         return 1
-    print(f"all {len(base)} packages of the base unchanged")
+    overlaps = overwritten({line.split("==", 1)[0] for line in base})
+    if overlaps:
+        print(f"error: this layer overwrote files of its base: {'; '.join(overlaps)}", file=sys.stderr)
+        return 1
+    print(f"all {len(base)} packages of the base unchanged, none of their files overwritten")
     return 0
 
 

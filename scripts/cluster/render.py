@@ -197,8 +197,14 @@ def pytorchjob(args, train_args: list[str], name: str, run_dir: str) -> dict:
             # as the compose services run: the user's UID and GID (files on the claim are theirs), never root; fsGroup
             # makes the claim's new files group-writable for that GID; the image's `app` group (1000) lets the
             # entrypoint give the UID a passwd entry
-            "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": gid, "fsGroup": gid,
-                                "fsGroupChangePolicy": "OnRootMismatch", "supplementalGroups": [1000]},  # fmt: skip
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": uid,
+                "runAsGroup": gid,
+                "fsGroup": gid,
+                "fsGroupChangePolicy": "OnRootMismatch",
+                "supplementalGroups": [1000],
+            },
             "containers": [container],
             "volumes": [
                 {"name": volume, "persistentVolumeClaim": {"claimName": args.claim}},

@@ -188,10 +188,11 @@ def cluster_lines(run_dir: Path, project: manifest.Project, config: dict, proven
     if "--data" in flags:  # the script gives the data's path on the nodes
         del flags[flags.index("--data") : flags.index("--data") + 2]
     render = ["make", "cluster-files", f"PROJECT={project.name}", f"NODES={nodes}", f"GPUS={gpus}", f"CLUSTER_IMAGE={image}"]
+    render.append(f"ARGS={shlex.join(flags)}")
     folder = f"build/cluster/{project.name}-{nodes}x{gpus}"
-    if where == "slurm":
-        return [render, ["sbatch", f"{folder}/slurm.sbatch", *flags]]
-    return [[*render, f"ARGS={shlex.join(flags)}"], ["kubectl", "apply", "-f", f"{folder}/pytorchjob.yaml"]]
+    if where == "slurm":  # (run outside a job, the script submits itself, converting the image in a CPU job first)
+        return [render, ["bash", f"{folder}/slurm.sbatch"]]
+    return [render, ["kubectl", "apply", "-f", f"{folder}/pytorchjob.yaml"]]
 
 
 def reproduce(run_dir: Path, submit: bool = False, image: str | None = None) -> int | None:

@@ -69,8 +69,10 @@ def in_terminal(port: int, token: str, command: str, seconds: float = 60) -> str
 
 
 # A user's first commit from the lab's terminal: git finds their name in the passwd entry the image gave their UID
-FIRST_COMMIT = ("whoami && cd /workspace/notebooks && git init -q probe-repo && cd probe-repo && echo x >notes.txt && "
-                "git add notes.txt && git -c user.email=you@example.org commit -qm first && git log --format=author=%an")  # fmt: skip
+FIRST_COMMIT = (
+    "whoami && cd /workspace/notebooks && git init -q probe-repo && cd probe-repo && echo x >notes.txt && git add notes.txt"
+    " && git -c user.email=you@example.org commit -qm first && git log --format=author=%an"
+)
 
 
 def test_make_notebook_serves_jupyter_with_a_token_and_tensorboard(built_images, dotenv):

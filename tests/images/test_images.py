@@ -12,8 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-from engine import HIERARCHY, IMAGES, STANDIN_NGC, docker, image_id, make, make_settings, parent_image, remove_tags
-from helpers import MODEL, PROJECTS, REPO, SMALL, copy_repository, make_in_clone, script_module
+from engine import (
+    HIERARCHY,
+    IMAGES,
+    STANDIN_NGC,
+    STANDIN_NGC_RESTRICTED,
+    docker,
+    image_id,
+    make,
+    make_settings,
+    parent_image,
+    remove_tags,
+)
+from helpers import MODEL, PROJECTS, REPO, SMALL, assert_same_weights, copy_repository, make_in_clone, script_module
 
 from eurosat import manifest
 
@@ -254,6 +265,41 @@ def test_make_train_in_a_container_writes_the_run_directory_on_the_host(built_im
         shutil.rmtree(REPO / out, ignore_errors=True)
 
 
+def test_make_reproduce_reruns_a_docker_run_in_the_image_it_ran_in(built_images, sample_dir):
+    """A --deterministic run made through compose reruns through compose, in the image it recorded (by id), with its
+    container paths (/data: DATA) as they were: identical metrics and weights, the same image id. A run whose image
+    is gone is one line naming how to get it back, before anything runs."""
+    project = manifest.default_project()
+    out = f"runs/image-test-reproduce-{int(time.time())}"
+    try:
+        make("train", "RUNNER=docker", f"PROJECT={project}", f"DATA={sample_dir}",
+             f"ARGS=--epochs 1 --model {MODEL} --batch-size 32 --no-pretrained --deterministic --out {out}")  # fmt: skip
+        (run_dir,) = (REPO / out).iterdir()
+        result = make("reproduce", f"RUN={run_dir}", f"DATA={sample_dir}")
+        image = image_id(manifest.load(project).image)
+        assert f"reproducing in image {image} (" in result.stdout and "through compose" in result.stdout
+        assert "metrics: identical to the recorded run (timings excepted)" in result.stdout, result.stdout
+        assert "same git commit, lockfile, container image, library versions and hardware" in result.stdout
+        (new_dir,) = set((REPO / out).iterdir()) - {run_dir}
+        recorded, new = (json.loads((d / "provenance.json").read_text()) for d in (run_dir, new_dir))
+        assert new["container"]["image_id"] == recorded["container"]["image_id"] == image
+        assert new["runner"]["name"] == "compose" and json.loads((new_dir / "config.json").read_text())["data"] == "/data"
+        assert new_dir.stat().st_uid == os.getuid()
+        assert_same_weights(new_dir / "last.ckpt", run_dir / "last.ckpt")
+
+        gone = "sha256:" + "0" * 64
+        recorded["container"]["image_id"] = gone
+        (run_dir / "provenance.json").write_text(json.dumps(recorded))
+        result = make("reproduce", f"RUN={run_dir}", f"DATA={sample_dir}", check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        (line,) = [line for line in result.stderr.splitlines() if not line.startswith("make")]  # (make's own aside)
+        assert line.startswith(f"error: RUN={run_dir} ran in image {gone} (") and "which is no longer in this engine" in line
+        assert f"git checkout {recorded['container']['revision']} && make image-" in line
+        assert len(list((REPO / out).iterdir())) == 2  # nothing ran
+    finally:
+        shutil.rmtree(REPO / out, ignore_errors=True)
+
+
 def test_local_and_container_runs_share_one_decoded_image_cache(built_images, sample_dir, tmp_path):
     """make gives both runners the same CACHE_DIR: a container run decodes into it, a venv run reads the same files."""
     cache, out = tmp_path / "cache", tmp_path / "runs"
@@ -316,6 +362,26 @@ def test_make_doctor_checks_the_host_the_engine_and_inside_the_image(built_image
     assert f"eurosat/{manifest.load(manifest.default_project()).image}:latest" in rows["training"]
     assert "CPU (no GPU here)" in rows["torch.cuda"] and "8.0 GB" in rows["/dev/shm"]  # compose's shm_size
     assert result.stdout.splitlines()[-1] == "make doctor: nothing blocks `make train`"
+
+
+@pytest.mark.parametrize("how", ["NO_BUILD=1", "no base to rebuild on"])
+def test_make_doctor_shows_a_stale_image_it_cannot_rebuild_as_a_row_of_its_table(built_images, how):
+    """Where users look when something is wrong: the image is out of date (here: the NGC base moved) and its rebuild is
+    refused (NO_BUILD=1) or fails (the base cannot be pulled): the table still comes, with that row failing."""
+    project = manifest.default_project()
+    image = manifest.load(project).image
+    ngc_base = STANDIN_NGC_RESTRICTED if how == "NO_BUILD=1" else "eurosat-absent/ngc:0"
+    settings = [*make_settings(), f"NGC_BASE={ngc_base}", *(["NO_BUILD=1"] if how == "NO_BUILD=1" else [])]
+    before = image_id(image)
+    result = subprocess.run(["make", "doctor", *settings], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert rows["training"].split()[2] == "FAIL" and f"eurosat/{image}:latest is out of date: " in rows["training"]
+    if how == "NO_BUILD=1":
+        assert "is stale: built on another" in rows["training"] and "NO_BUILD is set" in rows["training"]
+    assert "torch.cuda" in rows and "Docker" in rows  # the rest of the table, from the image as it is
+    assert result.stdout.splitlines()[-1].startswith("make doctor: ") and "Traceback" not in result.stderr
+    assert image_id(image) == before  # nothing rebuilt
 
 
 def test_a_container_meant_to_see_the_hosts_gpus_stops_instead_of_training_on_the_cpu(built_images, sample_dir):

@@ -211,6 +211,7 @@ def test_a_base_package_that_conflicts_with_a_pin_is_re_solved_into_build(built_
                              f"{RESTRICTED_PREFIX}torch-ngc:latest").stdout)["io.github.eurosat.lock.torch-ngc.sha256"] == (
         hashlib.sha256(solved.encode()).hexdigest())  # fmt: skip
     assert tracked_images() == tree
+    assert not (resolved / "proofs.tsv").exists()  # only a proof that held is remembered
     built = restricted_id("torch-ngc")
 
     again = make_on_restricted("image-torch-ngc", f"RESOLVED_LOCKS={resolved}", ngc_base=base)
@@ -222,6 +223,39 @@ def test_a_base_package_that_conflicts_with_a_pin_is_re_solved_into_build(built_
     error = one_error(refused.stdout + refused.stderr, f"{name} does not hold on {base}")
     assert "LOCKED=1 builds only from committed locks" in error and "building " not in refused.stdout
     assert restricted_id("torch-ngc") == built and tracked_images() == tree
+
+    # A layer on that parent: its committed lock may well hold there, but the parent is not the committed tree's
+    on_top = make_on_restricted("image-lightning", f"RESOLVED_LOCKS={resolved}", locked="1", ngc_base=base, check=False)
+    assert on_top.returncode != 0
+    error = one_error(on_top.stdout + on_top.stderr, f"{RESTRICTED_PREFIX}torch-ngc:latest was built from another")
+    assert "images/torch-ngc/requirements.lock than the committed one (a re-solve): LOCKED=1 builds only on" in error
+    assert "building " not in on_top.stdout
+
+
+# A distribution of the base that owns smmap's files under another name, as NGC's pytorch-triton owns triton's
+FAKE_OWNER = (
+    "site=$(python3 -c \"import sysconfig; print(sysconfig.get_path('purelib'))\") && info=$site/ngc_smmap-1.0.dist-info && "
+    'mkdir -p "$info" "$site/smmap" && echo "# the base\'s own build" >"$site/smmap/__init__.py" && '
+    'printf \'Metadata-Version: 2.1\\nName: ngc-smmap\\nVersion: 1.0\\n\' >"$info/METADATA" && echo pip >"$info/INSTALLER" && '
+    "printf 'smmap/__init__.py,,\\nngc_smmap-1.0.dist-info/METADATA,,\\nngc_smmap-1.0.dist-info/RECORD,,\\n' "
+    '>"$info/RECORD" && '
+    "echo ngc-smmap==1.0 >>/etc/pip/constraint.txt"
+)
+
+
+def test_a_layer_package_that_overwrites_files_of_a_base_package_does_not_hold(built_images, restricted_images, tmp_path):
+    """PyPI's triton over NGC's pytorch-triton: two names, the base's version unchanged in pip's eyes, its files
+    replaced. The torch-ngc lock's smmap over a base package that owns smmap's files: the proof fails, naming both,
+    and LOCKED=1 refuses in one line; the failed proof is not remembered."""
+    base = derived_base(f"{RESTRICTED_PREFIX}standin-ngc:owner", FAKE_OWNER)
+    assert "ngc-smmap==1.0" in sh(base, "pip freeze").stdout
+    resolved = tmp_path / "resolved"
+    refused = make_on_restricted("image-torch-ngc", f"RESOLVED_LOCKS={resolved}", locked="1", ngc_base=base, check=False)
+    assert refused.returncode != 0
+    error = one_error(refused.stdout + refused.stderr, f"images/torch-ngc/requirements.lock does not hold on {base}")
+    assert "this layer overwrote files of its base: smmap overwrites 1 file(s) of ngc-smmap (e.g. " in error
+    assert "smmap/__init__.py)" in error and "LOCKED=1 builds only from committed locks" in error
+    assert not (resolved / "proofs.tsv").exists()
 
 
 def test_a_base_whose_own_packages_fail_pip_check_still_builds(built_images, restricted_images, tmp_path):
