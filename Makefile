@@ -128,7 +128,7 @@ doctor: check-project ## check this host, Docker and PROJECT's image can train, 
 	@# a stale image is rebuilt first (NO_BUILD=1: refused); one not built yet is the table's to report, and so is a
 	@# rebuild that fails (no registry, no base): the table still comes, with that row, since this is where users look
 	@stale=; if [[ $(RUNNER) == docker ]]; then log=$$(mktemp); \
-		if ! ( $(call fresh_image,$(PROJECT_IMAGE) --built-only) ) 2>&1 | tee $$log; then \
+		if ! { ( $(call fresh_image,$(PROJECT_IMAGE) --built-only) ) 2>&1 1>&3 | tee $$log >&2; } 3>&1; then \
 			stale=$$(grep -m1 '^error: ' $$log | sed 's/^error: //' || true); stale=$${stale:-$$(tail -n 1 $$log)}; fi; \
 		rm -f $$log; fi; \
 	$(call compose_env) RUNNER=$(RUNNER) IMAGE_PREFIX=$(IMAGE_PREFIX) VENV_PY=$(VENV_PY) CUDA_BASE=$(CUDA_BASE) NGC_BASE=$(NGC_BASE) \

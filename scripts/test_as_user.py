@@ -28,8 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (".venv", "node_modules")  # placed by this script, shared with this checkout: not the account's to own
-# What the account's make gets from this environment: the engine, the CA bundle, the engine's limits, CI's settings
-PASSED = ("DOCKER", "PIP_CA", "MEMLOCK_LIMIT", "LOCKED", "TEST_WORKERS", "ATEN_CPU_CAPABILITY", "TERM")
+# The account gets this environment (the engine, CI's settings, the machine's CA bundles and proxies) less what
+# belongs to root: its identity, its HOME and whatever points into it (root's Python, its virtual environments)
+ROOTS_OWN = {"HOME", "USER", "LOGNAME", "MAIL", "PWD", "OLDPWD", "SHELL", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"}
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -121,6 +122,20 @@ def make_clone(user: pwd.struct_passwd) -> Path:
     return clone
 
 
+def users_environment() -> dict[str, str]:
+    """This environment less root's own and this make's (its flags, the paths it exported into this checkout): what a
+    user of this machine has too."""
+    root_home = pwd.getpwuid(0).pw_dir
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ROOTS_OWN
+        and not name.startswith(("SUDO_", "PYENV", "XDG_", "MAKE", "MFLAGS"))
+        and root_home not in value
+        and str(REPO) not in value
+    }
+
+
 def foreign_files(user: pwd.struct_passwd, clone: Path) -> list[str]:
     """Every path under the account's HOME (its clone included) that another user owns, the shared links aside."""
     skipped = {clone / name for name in SHARED}
@@ -147,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     user = account(args.user)
     clone = make_clone(user)
     say(f"running the image tests as {user.pw_name} (uid {user.pw_uid}, groups {docker_group()}) in {clone}")
-    passed = {name: os.environ[name] for name in PASSED if os.environ.get(name)}
-    user_env = {**passed, "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name, "PATH": SYSTEM_PATH}
+    user_env = {**users_environment(), "HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name}
+    user_env.update(PATH=SYSTEM_PATH, SHELL=user.pw_shell)
     command = ["runuser", "-u", user.pw_name, "--", "env", "-i", *(f"{k}={v}" for k, v in user_env.items()),
                "make", "test-images", f"PYTEST_ARGS=-m 'not as_root' {shlex.join(args.pytest_args)}"]  # fmt: skip
     as_user = subprocess.run(command, cwd=clone).returncode

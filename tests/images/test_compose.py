@@ -55,12 +55,17 @@ def in_terminal(port: int, token: str, command: str, seconds: float = 60) -> str
     with urllib.request.urlopen(request, timeout=10) as response:
         name = json.loads(response.read())["name"]
     socket = websocket.create_connection(f"ws://127.0.0.1:{port}/terminals/websocket/{name}?token={token}", timeout=seconds)
+    socket.settimeout(seconds)  # each receive: a command that waits (a pager, a prompt) fails the test, not hangs it
     try:
         socket.send(json.dumps(["stdin", f"{command}; echo END-$((6*7))\r"]))  # the marker's echo is not the marker
         output, deadline = "", time.monotonic() + seconds
         while "END-42" not in output and time.monotonic() < deadline:
-            message = json.loads(socket.recv())
+            try:
+                message = json.loads(socket.recv())
+            except websocket.WebSocketTimeoutException:
+                break
             output += message[1] if message[0] == "stdout" else ""
+        assert "END-42" in output, f"the terminal did not finish {command!r}: {output!r}"
         return output[: output.index("END-42")]
     finally:
         socket.close()
@@ -71,7 +76,7 @@ def in_terminal(port: int, token: str, command: str, seconds: float = 60) -> str
 # A user's first commit from the lab's terminal: git finds their name in the passwd entry the image gave their UID
 FIRST_COMMIT = (
     "whoami && cd /workspace/notebooks && git init -q probe-repo && cd probe-repo && echo x >notes.txt && git add notes.txt"
-    " && git -c user.email=you@example.org commit -qm first && git log --format=author=%an"
+    " && git -c user.email=you@example.org commit -qm first && git --no-pager log --format=author=%an"
 )
 
 
