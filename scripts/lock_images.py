@@ -162,8 +162,9 @@ def fingerprint(image: str) -> str:
     script = (REPO / "images" / "common" / "base-fingerprint.py").read_text()
     result = subprocess.run([DOCKER, "run", "--rm", "-i", "--user", "root", "--entrypoint", "python3", image, "-", "show"],
                             input=script, capture_output=True, text=True)  # fmt: skip
-    if result.returncode != 0:
-        raise LockError(f"cannot read the Python environment of {image}: {result.stderr.strip()[-500:]}")
+    if result.returncode != 0:  # the engine's last word says why (no such image, no registry, no Python)
+        said = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("See '")]
+        raise LockError(f"cannot read the Python environment of {image}: {(said or ['no output'])[-1].strip()[-300:]}")
     return result.stdout.strip()
 
 

@@ -226,7 +226,9 @@ def reproduce(run_dir: Path, submit: bool = False, image: str | None = None) -> 
         # compose needs a name: the recorded image, tagged by its id (the tag is the only thing this adds)
         tag = f"eurosat-reproduce/{project.name}:{image_id.removeprefix('sha256:')[:12]}"
         subprocess.run([docker, "tag", image_id, tag], check=True)
-        env = {**os.environ, "TRAIN_IMAGE": tag, "TRAIN_IMAGE_ID": image_id, "PROJECT": project.name}
+        reference = image or (provenance.get("container") or {}).get("image") or tag
+        env = {**os.environ, "TRAIN_IMAGE": tag, "TRAIN_IMAGE_REFERENCE": reference, "TRAIN_IMAGE_ID": image_id,
+               "PROJECT": project.name}  # fmt: skip
         command = ["scripts/compose.sh", "run", "--rm", "train", *project.launch(processes), *flags]
         command += ["--out", container_out(run_dir)]
         print(f"reproducing in image {image_id} ({tag}), through compose:", flush=True)

@@ -374,11 +374,13 @@ def test_make_doctor_shows_a_stale_image_it_cannot_rebuild_as_a_row_of_its_table
     settings = [*make_settings(), f"NGC_BASE={ngc_base}", *(["NO_BUILD=1"] if how == "NO_BUILD=1" else [])]
     before = image_id(image)
     result = subprocess.run(["make", "doctor", *settings], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]  # (make's status for a failed step)
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert rows["training"].split()[2] == "FAIL" and f"eurosat/{image}:latest is out of date: " in rows["training"]
     if how == "NO_BUILD=1":
         assert "is stale: built on another" in rows["training"] and "NO_BUILD is set" in rows["training"]
+    else:  # the engine's own reason, in the row
+        assert "cannot read the Python environment of eurosat-absent/ngc:0: docker: " in rows["training"]
     assert "torch.cuda" in rows and "Docker" in rows  # the rest of the table, from the image as it is
     assert result.stdout.splitlines()[-1].startswith("make doctor: ") and "Traceback" not in result.stderr
     assert image_id(image) == before  # nothing rebuilt
