@@ -13,7 +13,7 @@ from pathlib import Path
 import kubernetes.client.models as k8s_models
 import pytest
 import yaml
-from helpers import PROJECTS, REPO, SMALL, pinned_stand_in, run, run_project, script_module, single_run_dir
+from helpers import PROJECTS, REPO, SMALL, main_in_process, pinned_stand_in, run, script_module, single_run_dir
 from kubeflow.training import models as kubeflow_models
 
 from eurosat import manifest
@@ -507,7 +507,7 @@ def test_make_reproduce_of_a_slurm_run_prints_and_submits_its_rerun_in_its_image
     that image: make reproduce prints the two commands; SUBMIT=1 runs them (sbatch is a stand-in that records)."""
     project = PROJECTS[0]
     out = tmp_path / "runs"
-    run_project(project, "train", "--data", sample_dir, "--out", out, "--epochs", "1", *SMALL)
+    main_in_process(project, "train", "--data", sample_dir, "--out", out, "--epochs", "1", *SMALL)
     run_dir = single_run_dir(out)
     provenance = json.loads((run_dir / "provenance.json").read_text())
     image = f"{REGISTRY}/{manifest.load(project).image}@{DIGEST}"

@@ -251,6 +251,10 @@ def test_a_stale_layer_and_the_layers_on_it_are_rebuilt_before_a_container_runs(
         refused = make("doctor", *settings, "NO_BUILD=1", check=False)
         assert refused.returncode != 0 and "Traceback" not in refused.stderr
         assert f"error: {prefix}lightning:latest is stale: {why}; NO_BUILD is set: run 'make image-lightning'" in refused.stderr
+        # where users look when something is wrong: the table still comes, that row failing, from the image as it is
+        training = next(line for line in refused.stdout.splitlines() if line.startswith("training image"))
+        assert training.split()[2] == "FAIL" and f"{prefix}lightning:latest is stale: {why}" in training
+        assert "torch.cuda" in refused.stdout
         assert ids() == before
         result = make("doctor", *settings)
         assert f"rebuilding {prefix}lightning:latest: {why}" in result.stderr and "torch-ngc:latest: " not in result.stderr
